@@ -1,0 +1,1 @@
+"""The flax lowering of resnet-multi."""

@@ -1,0 +1,1 @@
+"""The mxnet lowering of resnet-multi."""

@@ -1,0 +1,1 @@
+"""The tensorflow lowering of resnet-multi."""

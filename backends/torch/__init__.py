@@ -1,0 +1,1 @@
+"""The torch lowering of resnet-multi."""

@@ -1,0 +1,73 @@
+"""Layer tables measured on a backend's real model, and comparison with the analytic one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import registry
+from .presets import resolve
+from .shapes import LayerRow, LayerTable, layer_table
+from .spec import ResNetSpec
+
+
+def _chw(activation: np.ndarray) -> tuple[int, int, int]:
+    if activation.ndim == 2:  # classifier output (N, classes): report as (classes, 1, 1)
+        return (int(activation.shape[1]), 1, 1)
+    return tuple(int(d) for d in activation.shape[1:])  # type: ignore[return-value]
+
+
+def measured_table(spec: ResNetSpec | str, backend: str, input_shape=None, device: str = "auto",
+                   batch: int = 2, seed: int = 0) -> tuple[LayerTable, dict[str, Any]]:
+    """Build the native model, run a real forward pass, and tabulate what it did.
+
+    Shapes come from the activations the framework computed; params and
+    buffers are counted from the framework's own variables. MACs are the
+    analytic ones (frameworks do not count them). Returns the table and
+    ``{"backend", "device", "framework_version"}``.
+    """
+    spec = resolve(spec)
+    input_shape = tuple(input_shape or default_input_shape(spec))
+    expected = layer_table(spec, input_shape)  # raises InputTooSmall before anything is built
+    module = registry.load(backend)
+    model = module.build(spec, device=device)
+    x = np.random.default_rng(seed).standard_normal((batch, *input_shape)).astype(np.float32)
+    acts = module.activations(model, x, train=False)
+    counts = module.row_counts(model)
+    macs = {r.name: r.macs for r in expected.layers}
+    rows = []
+    for name, act in acts.items():
+        params, buffers = counts.get(name, (0, 0))
+        rows.append(LayerRow(name, _chw(np.asarray(act)), int(params), int(buffers), macs.get(name, 0)))
+    extra = {row: counts[row] for row in counts if row not in acts}
+    for name, (params, buffers) in extra.items():  # counted but never seen in the forward pass
+        rows.append(LayerRow(name, (0, 0, 0), int(params), int(buffers), 0))
+    info = {"backend": registry.canonical_name(backend), "device": module.device_of(model),
+            "framework_version": module.framework_version()}
+    return LayerTable(spec.name, input_shape, tuple(rows)), info
+
+
+def default_input_shape(spec: ResNetSpec) -> tuple[int, int, int]:
+    """The size each family is trained at: 96 for the book, 32 for CIFAR, 224 for ImageNet."""
+    if spec.name.startswith("d2l_"):
+        return (spec.in_channels, 96, 96)
+    if spec.stem.kind == "cifar":
+        return (spec.in_channels, 32, 32)
+    return (spec.in_channels, 224, 224)
+
+
+def first_difference(expected: LayerTable, measured: LayerTable) -> str | None:
+    """None when the tables agree on names, order, shapes, params and buffers; else one line."""
+    for i, (want, got) in enumerate(zip(expected.layers, measured.layers)):
+        if want.name != got.name:
+            return f"row {i}: expected layer {want.name}, the model has {got.name}"
+        for key in ("output_shape", "params", "buffers"):
+            if getattr(want, key) != getattr(got, key):
+                return (f"layer {want.name}: {key} differs: spec says {getattr(want, key)}, "
+                        f"model has {getattr(got, key)}")
+    if len(expected.layers) != len(measured.layers):
+        longer = expected if len(expected.layers) > len(measured.layers) else measured
+        which = "the spec" if longer is expected else "the model"
+        return f"only {which} has layer {longer.layers[min(len(expected.layers), len(measured.layers))].name}"
+    return None
