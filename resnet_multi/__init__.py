@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailable", "BatchNorm", "DeviceUnavailable", "ResNetSpec", "SpecError", "Stage", "Stem",
-    "UserError", "backends", "build", "get_spec", "layer_table", "list_presets", "load_spec", "plan",
+    "UserError", "backend_names", "build", "get_spec", "layer_table", "list_presets", "load_spec", "plan",
     "register", "resolve", "save_spec",
 ]
 
@@ -37,7 +37,7 @@ def list_presets() -> list[str]:
     return presets.names()
 
 
-def backends() -> list[str]:
+def backend_names() -> list[str]:
     """Every backend name (installed or not); see registry.available()."""
     return registry.names()
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 from . import presets, registry
 from .errors import UserError
+from .formatting import format_layer_table, format_list, format_parity
 
 EXIT_USER_ERROR = 2
 
@@ -35,42 +36,21 @@ def input_shape_arg(text: str) -> tuple[int, int, int]:
     return dims  # type: ignore[return-value]
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def backend_arg(text: str) -> str:
     try:
         return registry.canonical_name(text)
     except UserError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-# -- readable output ---------------------------------------------------------------
-
-
-def _fmt_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[bool]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = []
-    for n, row in enumerate(cells):
-        line = "  ".join(c.rjust(w) if right[i] else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-        lines.append(line.rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _shape(shape: Sequence[int]) -> str:
-    return "x".join(str(d) for d in shape)
-
-
-def format_layer_table(report: dict[str, Any]) -> str:
-    where = f"{report['backend']} on {report['device']}" if "backend" in report else "analytic"
-    title = f"{report['name']}  input {_shape(report['input_shape'])}  ({where})"
-    rows = [(r["name"], _shape(r["output_shape"]), f"{r['params']:,}", f"{r['buffers']:,}", f"{r['macs']:,}")
-            for r in report["layers"]]
-    rows.append(("total", "", f"{report['total_params']:,}", f"{report['total_buffers']:,}",
-                 f"{report['total_macs']:,}"))
-    table = _fmt_table(("layer", "output (C,H,W)", "params", "buffers", "MACs"), rows,
-                       (False, False, True, True, True))
-    return f"{title}\n{table}"
 
 
 # -- commands ------------------------------------------------------------------------
@@ -88,11 +68,6 @@ def cmd_list(args: argparse.Namespace) -> dict[str, Any]:
     return {"presets": items}
 
 
-def format_list(report: dict[str, Any]) -> str:
-    rows = [(p["name"], p["block"], f"{p['params']:,}", p["description"]) for p in report["presets"]]
-    return _fmt_table(("preset", "block", "params", "what"), rows, (False, False, True, False))
-
-
 def cmd_summary(args: argparse.Namespace) -> dict[str, Any]:
     from .measure import default_input_shape
     from .shapes import layer_table
@@ -107,9 +82,17 @@ def cmd_summary(args: argparse.Namespace) -> dict[str, Any]:
     return {**table.to_dict(), "backend": info["backend"], "device": info["device"]}
 
 
+def cmd_parity(args: argparse.Namespace) -> dict[str, Any]:
+    from .parity import parity_report
+
+    return parity_report(args.model, args.backend, args.input_shape, seed=args.seed, mode=args.mode,
+                         batch=args.batch_size, device=args.device)
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "list": (cmd_list, format_list),
     "summary": (cmd_summary, format_layer_table),
+    "parity": (cmd_parity, format_parity),
 }
 
 
@@ -134,6 +117,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"measure on a real model: {', '.join(registry.names())}")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"), help="with --backend (default auto)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("parity", help="one backend against the NumPy reference, layer by layer",
+                       description="Run a backend and the NumPy float64 reference on the same seeded weights "
+                                   "(random BN statistics) and input; report each layer's max abs and relative "
+                                   "difference and whether the logits are within 1e-4 x max(1, max|ref|). "
+                                   "Exits 1 when they are not.")
+    p.add_argument("model", metavar="NAME_OR_SPEC_FILE", help="a preset name or a .json/.toml spec file")
+    p.add_argument("--backend", type=backend_arg, required=True, metavar="NAME",
+                   help=f"one of {', '.join(registry.names())}")
+    p.add_argument("--input-shape", type=input_shape_arg, metavar="C,H,W", help="input size (default as summary)")
+    p.add_argument("--batch-size", type=positive_int, default=2, metavar="N", help="batch size (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="weights and input seed (default 0)")
+    p.add_argument("--mode", choices=("eval", "train"), default="eval",
+                   help="eval: running statistics; train: batch statistics and their update (default eval)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"), help="default auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -154,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. piped into `head`
         sys.stderr.close()
-    return 0
+    # A check that ran but failed (parity outside tolerance) exits 1.
+    return 0 if report.get("ok", True) else 1
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ The model module contract (the same for every framework):
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
+from pathlib import Path
 from types import ModuleType
 
 from .errors import BackendUnavailable
@@ -58,7 +61,28 @@ def load(name: str, part: str = "model") -> ModuleType:
                 f"backend {key!r} needs {module}, which is not installed here ({exc.__class__.__name__}: {exc}); "
                 f"install it with: {install_hint(key)}"
             ) from None
+    _ensure_backends_package()
     return importlib.import_module(f"resnet_multi.backends.{key}.{part}")
+
+
+def _ensure_backends_package() -> None:
+    """Make resnet_multi.backends importable from a source checkout that was never installed.
+
+    Installed (pip install . or -e .), backends/ is resnet_multi.backends. Run
+    straight from a checkout (e.g. ``python -m resnet_multi.gpucheck`` on a
+    machine where nothing can be installed), map it by hand.
+    """
+    if "resnet_multi.backends" in sys.modules or importlib.util.find_spec("resnet_multi.backends"):
+        return
+    folder = Path(__file__).resolve().parent.parent / "backends"
+    spec = importlib.util.spec_from_file_location(
+        "resnet_multi.backends", folder / "__init__.py", submodule_search_locations=[str(folder)])
+    if spec is None or spec.loader is None or not folder.is_dir():
+        raise BackendUnavailable(f"resnet_multi.backends is not installed and {folder} does not exist")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["resnet_multi.backends"] = module
+    spec.loader.exec_module(module)
+    sys.modules["resnet_multi"].backends = module  # type: ignore[attr-defined]
 
 
 def available() -> list[str]:
