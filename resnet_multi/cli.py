@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 from . import presets, registry
 from .errors import UserError
-from .formatting import format_layer_table, format_list, format_parity
+from .formatting import format_compare, format_layer_table, format_list, format_parity
 
 EXIT_USER_ERROR = 2
 
@@ -89,10 +89,27 @@ def cmd_parity(args: argparse.Namespace) -> dict[str, Any]:
                          batch=args.batch_size, device=args.device)
 
 
+def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
+    from .compare import parse_python_overrides, run_compare
+
+    backends = [registry.canonical_name(b) for b in args.backends.split(",") if b]
+    progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    report = run_compare(args.model, backends, args.input_shape, batch=args.batch_size, seed=args.seed,
+                         device=args.device, precision=args.precision, repeats=args.repeats,
+                         train_steps=args.train_steps, python=parse_python_overrides(args.python),
+                         progress=progress)
+    if args.plot:
+        from .plot import plot_compare
+
+        report["plot"] = str(plot_compare(report, args.plot))
+    return report
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "list": (cmd_list, format_list),
     "summary": (cmd_summary, format_layer_table),
     "parity": (cmd_parity, format_parity),
+    "compare": (cmd_compare, format_compare),
 }
 
 
@@ -132,6 +149,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("eval", "train"), default="eval",
                    help="eval: running statistics; train: batch statistics and their update (default eval)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"), help="default auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("compare", help="every backend side by side, each in its own environment",
+                       description="Run each backend in its own interpreter (MXNet and JAX cannot share one) on "
+                                   "one seeded weights file and input; report layer shapes and params, parity "
+                                   "with the NumPy reference, speed, and environments side by side. "
+                                   "Interpreters: --python B=PATH, RESNET_MULTI_PYTHON_<B>, .nox/<B>/bin/python, "
+                                   "or this one.")
+    p.add_argument("model", metavar="NAME_OR_SPEC_FILE", help="a preset name or a .json/.toml spec file")
+    p.add_argument("--backends", default=",".join(registry.names()), metavar="LIST",
+                   help=f"comma-separated (default {','.join(registry.names())})")
+    p.add_argument("--input-shape", type=input_shape_arg, metavar="C,H,W", help="input size (default as summary)")
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="default 8")
+    p.add_argument("--seed", type=int, default=0, help="weights and input seed (default 0)")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "gpu"), help="default cpu")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="timing precision")
+    p.add_argument("--repeats", type=positive_int, default=5, metavar="N", help="timed repeats (default 5)")
+    p.add_argument("--train-steps", type=int, default=0, metavar="N",
+                   help="also show the loss of the first N plain-SGD steps per backend")
+    p.add_argument("--python", action="append", default=[], metavar="BACKEND=PATH",
+                   help="the interpreter of a backend's environment (repeatable)")
+    p.add_argument("--plot", metavar="FILE.png", help="write a chart: speed per backend, parity per layer")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 

@@ -63,3 +63,68 @@ def format_parity(report: dict[str, Any]) -> str:
         rs = report["running_stats"]
         tail += f"\nrunning statistics: worst {rs['worst']} max |diff| {_num(rs['max_abs_diff'])} (tolerance {_num(rs['tolerance'])})"
     return f"{head}\n{body}\n{tail}"
+
+
+def _cell(res: dict[str, Any], row: dict[str, Any], want: dict[str, Any]) -> str:
+    same = (row["output_shape"], row["params"], row["buffers"]) == (want["output_shape"], want["params"],
+                                                                    want["buffers"])
+    return f"{_shape(row['output_shape'])} {row['params']:,}" + ("" if same else " !=")
+
+
+def _ms(timing: dict[str, Any] | None) -> str:
+    if not timing or "error" in timing:
+        return "-"
+    return f"{timing['median_s'] * 1e3:.1f} ms ({timing['images_per_s']:.0f} img/s)"
+
+
+def format_compare(report: dict[str, Any]) -> str:
+    names = list(report["backends"])
+    ok = {n: r for n, r in report["backends"].items() if "error" not in r}
+    out = [f"{report['name']}: input {report['batch']}x{_shape(report['input_shape'])}, seed {report['seed']}, "
+           f"device {report['device']}, {report['precision']}"]
+    analytic = report["analytic"]["layers"]
+    rows = []
+    for i, want in enumerate(analytic):
+        line = [want["name"], f"{_shape(want['output_shape'])} {want['params']:,}"]
+        for n in names:
+            layers = ok.get(n, {}).get("layers", [])
+            line.append(_cell(ok[n], layers[i], want) if i < len(layers) else "-")
+        rows.append(line)
+    rows.append(["total params", f"{report['analytic']['total_params']:,}"]
+                + [f"{ok[n]['total_params']:,}" if n in ok else "-" for n in names])
+    out += ["", "Layers: output (C,H,W) and trainable params; '!=' marks a disagreement with the spec",
+            table(["layer", "spec"] + names, rows, [False] * (2 + len(names)))]
+    prows = []
+    for n in names:
+        r = report["backends"][n]
+        if "error" in r:
+            prows.append([n, "unavailable", r["error"], "", ""])
+            continue
+        p = r["parity"]
+        prows.append([n, "ok" if p["ok"] else "FAIL", _num(p["max_abs_diff"]), _num(p["tolerance"]),
+                      f"{p['worst_layer']} ({_num(p['worst_rel_diff'])})"])
+    out += ["", "Parity with the NumPy float64 reference (eval mode, same weights file and input)",
+            table(["backend", "logits", "max |diff|", "tolerance", "worst layer (relative)"], prows,
+                  [False, False, True, True, False])]
+    trows = []
+    for n in names:
+        t = ok.get(n, {}).get("timing", {})
+        mem = (t.get("infer") or {}).get("peak_memory_mb")
+        trows.append([n, _ms(t.get("infer")), _ms(t.get("train")), f"{mem:.0f} MB" if mem else "-"])
+    out += ["", "Speed (median of repeats after warm-up)",
+            table(["backend", "inference", "train step", "peak memory"], trows, [False] * 4)]
+    erows = [[n, r["environment"]["framework_version"], r["environment"]["device"], r.get("python", "")]
+             for n, r in ok.items()]
+    out += ["", "Environments", table(["backend", "framework", "device", "interpreter"], erows, [False] * 4)]
+    if any("train" in r for r in ok.values()):
+        out += ["", format_trajectories(report)]
+    return "\n".join(out)
+
+
+def format_trajectories(report: dict[str, Any]) -> str:
+    ok = {n: r["train"] for n, r in report["backends"].items() if "train" in r and "error" not in r}
+    steps = max(len(t["losses"]) for t in ok.values())
+    rows = [[str(i + 1)] + [f"{t['losses'][i]:.6f}" if i < len(t["losses"]) else "-" for t in ok.values()]
+            for i in range(steps)]
+    return "Training losses, plain SGD from the same weights and batches\n" + table(
+        ["step"] + list(ok), rows, [True] * (1 + len(ok)))

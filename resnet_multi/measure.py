@@ -33,19 +33,28 @@ def measured_table(spec: ResNetSpec | str, backend: str, input_shape=None, devic
     module = registry.load(backend)
     model = module.build(spec, device=device)
     x = np.random.default_rng(seed).standard_normal((batch, *input_shape)).astype(np.float32)
-    acts = module.activations(model, x, train=False)
-    counts = module.row_counts(model)
+    table = tabulate(expected, module.activations(model, x, train=False), module.row_counts(model))
+    info = {"backend": registry.canonical_name(backend), "device": module.device_of(model),
+            "framework_version": module.framework_version()}
+    return table, info
+
+
+def tabulate(expected: LayerTable, acts: dict[str, Any], counts: dict[str, tuple[int, int]]) -> LayerTable:
+    """A measured table from a forward pass's activations and the framework's own counts.
+
+    MACs are copied from the analytic table (frameworks do not count them).
+    A row the framework counted parameters for but never produced shows up
+    with shape (0, 0, 0), so the comparison names it.
+    """
     macs = {r.name: r.macs for r in expected.layers}
     rows = []
     for name, act in acts.items():
         params, buffers = counts.get(name, (0, 0))
         rows.append(LayerRow(name, _chw(np.asarray(act)), int(params), int(buffers), macs.get(name, 0)))
-    extra = {row: counts[row] for row in counts if row not in acts}
-    for name, (params, buffers) in extra.items():  # counted but never seen in the forward pass
-        rows.append(LayerRow(name, (0, 0, 0), int(params), int(buffers), 0))
-    info = {"backend": registry.canonical_name(backend), "device": module.device_of(model),
-            "framework_version": module.framework_version()}
-    return LayerTable(spec.name, input_shape, tuple(rows)), info
+    for name, (params, buffers) in counts.items():
+        if name not in acts:
+            rows.append(LayerRow(name, (0, 0, 0), int(params), int(buffers), 0))
+    return LayerTable(expected.name, expected.input_shape, tuple(rows))
 
 
 def default_input_shape(spec: ResNetSpec) -> tuple[int, int, int]:
