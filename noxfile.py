@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import nox
 
 nox.options.sessions = ["core", "torch", "tensorflow", "flax", "mxnet"]
@@ -14,12 +16,16 @@ nox.options.default_venv_backend = "virtualenv"
 
 PYTHON = "3.11"
 BACKENDS = ("torch", "tensorflow", "flax", "mxnet")
+# Packages a backend's tests need beyond its extra: torchvision builds the
+# reference checkpoints and models the importers and benchmarks compare with
+# (this torch/torchvision pair is known to install and import together).
+EXTRA_PACKAGES = {"torch": ("torch==2.14.1", "torchvision==0.29.1")}
 
 
 def _install(session: nox.Session, extra: str | None) -> None:
     extras = "test" if extra is None else f"test,{extra}"
     # Editable: backends/ maps onto resnet_multi.backends from the source tree.
-    session.install("-e", f".[{extras}]")
+    session.install("-e", f".[{extras}]", *EXTRA_PACKAGES.get(extra or "", ()))
 
 
 @nox.session(python=PYTHON)
@@ -42,3 +48,13 @@ def _backend_session(backend: str):
 
 for _name in BACKENDS:
     nox.session(python=PYTHON, name=_name)(_backend_session(_name))
+
+
+@nox.session(python=PYTHON)
+def compare(session: nox.Session) -> None:
+    """Main job: build the four backend environments, then compare the book's ResNet-18 across them."""
+    session.log("building the backend environments (first run: several GB, from the package index)")
+    session.run(sys.executable, "-m", "nox", "-s", *BACKENDS, "--install-only", external=True)
+    session.install("-e", ".[plot]")
+    args = session.posargs or ["d2l_resnet18", "--plot", "compare.png"]
+    session.run("resnet-multi", "compare", *args)
