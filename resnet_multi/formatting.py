@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[bool]) -> str:
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[bool]) -> str:
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = []
@@ -28,7 +28,7 @@ def format_layer_table(report: dict[str, Any]) -> str:
             for r in report["layers"]]
     rows.append(("total", "", f"{report['total_params']:,}", f"{report['total_buffers']:,}",
                  f"{report['total_macs']:,}"))
-    table = table(("layer", "output (C,H,W)", "params", "buffers", "MACs"), rows,
+    table = render_table(("layer", "output (C,H,W)", "params", "buffers", "MACs"), rows,
                        (False, False, True, True, True))
     return f"{title}\n{table}"
 
@@ -36,7 +36,7 @@ def format_layer_table(report: dict[str, Any]) -> str:
 
 def format_list(report: dict[str, Any]) -> str:
     rows = [(p["name"], p["block"], f"{p['params']:,}", p["description"]) for p in report["presets"]]
-    return table(("preset", "block", "params", "what"), rows, (False, False, True, False))
+    return render_table(("preset", "block", "params", "what"), rows, (False, False, True, False))
 
 
 def _num(value: float | None) -> str:
@@ -53,7 +53,7 @@ def format_parity(report: dict[str, Any]) -> str:
         bad = r["max_abs_diff"] is None or r["max_abs_diff"] > tol_rel * max(1.0, r["ref_max_abs"])
         rows.append((r["name"], _num(r["max_abs_diff"]), _num(r["ref_max_abs"]), _num(r["rel_diff"]),
                      "<-- over" if bad else ""))
-    body = table(("layer", "max |diff|", "max |ref|", "relative", ""), rows, (False, True, True, True, False))
+    body = render_table(("layer", "max |diff|", "max |ref|", "relative", ""), rows, (False, True, True, True, False))
     verdict = "PASS" if report["ok"] else "FAIL"
     tail = (f"{verdict}: logits max |diff| {_num(report['max_abs_diff'])} <= tolerance {_num(report['tolerance'])}"
             if report["ok"] else
@@ -93,7 +93,7 @@ def format_compare(report: dict[str, Any]) -> str:
     rows.append(["total params", f"{report['analytic']['total_params']:,}"]
                 + [f"{ok[n]['total_params']:,}" if n in ok else "-" for n in names])
     out += ["", "Layers: output (C,H,W) and trainable params; '!=' marks a disagreement with the spec",
-            table(["layer", "spec"] + names, rows, [False] * (2 + len(names)))]
+            render_table(["layer", "spec"] + names, rows, [False] * (2 + len(names)))]
     prows = []
     for n in names:
         r = report["backends"][n]
@@ -104,7 +104,7 @@ def format_compare(report: dict[str, Any]) -> str:
         prows.append([n, "ok" if p["ok"] else "FAIL", _num(p["max_abs_diff"]), _num(p["tolerance"]),
                       f"{p['worst_layer']} ({_num(p['worst_rel_diff'])})"])
     out += ["", "Parity with the NumPy float64 reference (eval mode, same weights file and input)",
-            table(["backend", "logits", "max |diff|", "tolerance", "worst layer (relative)"], prows,
+            render_table(["backend", "logits", "max |diff|", "tolerance", "worst layer (relative)"], prows,
                   [False, False, True, True, False])]
     trows = []
     for n in names:
@@ -112,10 +112,10 @@ def format_compare(report: dict[str, Any]) -> str:
         mem = (t.get("infer") or {}).get("peak_memory_mb")
         trows.append([n, _ms(t.get("infer")), _ms(t.get("train")), f"{mem:.0f} MB" if mem else "-"])
     out += ["", "Speed (median of repeats after warm-up)",
-            table(["backend", "inference", "train step", "peak memory"], trows, [False] * 4)]
+            render_table(["backend", "inference", "train step", "peak memory"], trows, [False] * 4)]
     erows = [[n, r["environment"]["framework_version"], r["environment"]["device"], r.get("python", "")]
              for n, r in ok.items()]
-    out += ["", "Environments", table(["backend", "framework", "device", "interpreter"], erows, [False] * 4)]
+    out += ["", "Environments", render_table(["backend", "framework", "device", "interpreter"], erows, [False] * 4)]
     if any("train" in r for r in ok.values()):
         out += ["", format_trajectories(report)]
     return "\n".join(out)
@@ -126,5 +126,5 @@ def format_trajectories(report: dict[str, Any]) -> str:
     steps = max(len(t["losses"]) for t in ok.values())
     rows = [[str(i + 1)] + [f"{t['losses'][i]:.6f}" if i < len(t["losses"]) else "-" for t in ok.values()]
             for i in range(steps)]
-    return "Training losses, plain SGD from the same weights and batches\n" + table(
+    return "Training losses, plain SGD from the same weights and batches\n" + render_table(
         ["step"] + list(ok), rows, [True] * (1 + len(ok)))

@@ -8,7 +8,7 @@ geometry cannot drift apart.
 
 Canonical names are torchvision's state_dict keys (conv1, bn1,
 layer1.0.conv1, layer1.0.downsample.0, fc) extended consistently:
-``layerI.J.preact_bn`` (pre-activation BN before conv1), ``post_bn``
+``input_bn`` (an affine-free BN on the raw input, Gluon v2), ``layerI.J.preact_bn`` (pre-activation BN before conv1), ``post_bn``
 (pre-activation nets' final BN), ``.bias`` on convs that carry one, and a
 shortcut without BN is just ``downsample.0``.
 """
@@ -46,8 +46,11 @@ class Conv:
 class Norm:
     name: str
     channels: int
+    affine: bool = True  # False: no weight/bias, only running statistics (the stem's input_bn)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        if not self.affine:
+            return {}
         return {f"{self.name}.weight": (self.channels,), f"{self.name}.bias": (self.channels,)}
 
     def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -81,6 +84,7 @@ class Linear:
 @dataclass(frozen=True)
 class StemPlan:
     name: str  # the layer-table row: "stem"
+    input_bn: Norm | None  # affine-free BN on the raw input (Gluon v2)
     conv: Conv
     bn: Norm | None  # followed by ReLU when present
     pool: Pool | None
@@ -153,7 +157,8 @@ class Plan:
         return shapes
 
     def _modules(self) -> list:
-        mods = [self.stem.conv] + ([self.stem.bn] if self.stem.bn else [])
+        stem = self.stem
+        mods = [m for m in (stem.input_bn, stem.conv, stem.bn) if m is not None]
         for block in self.blocks:
             mods.extend(block.modules)
         return mods + ([self.head.post_bn] if self.head.post_bn else []) + [self.head.fc]
@@ -199,6 +204,7 @@ def plan(spec: ResNetSpec) -> Plan:
     conv = Conv("conv1", spec.in_channels, st.channels, st.kernel, st.stride, st.kernel // 2, 1, "stem" in spec.conv_bias)
     stem = StemPlan(
         "stem",
+        Norm("input_bn", spec.in_channels, affine=False) if st.input_norm else None,
         conv,
         Norm("bn1", st.channels) if st.norm else None,
         Pool("maxpool", 3, 2, 1, st.pool_padding) if st.pool else None,

@@ -5,6 +5,7 @@ Families:
 - keras.applications v1 (stride on the first 1x1, every conv biased) and v2
   (pre-activation, stride on a stage's last block, zero-padded stem pool)
 - the book (Dive into Deep Learning): d2l_resnet18 and d2l_resnext18
+- MXNet Gluon's model zoo: gluon_resnet{18,34,50,101,152}_v1 and _v2
 - the ResNet paper's CIFAR-10 networks resnet20 ... resnet110
 """
 
@@ -101,6 +102,32 @@ def keras_v2(name, depths):
     )
 
 
+GLUON_BLOCKS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
+                101: ("bottleneck", (3, 4, 23, 3)), 152: ("bottleneck", (3, 8, 36, 3))}
+GLUON_BN = BatchNorm(eps=1e-5, momentum=0.1, running_var="biased")  # Gluon momentum 0.9
+
+
+def gluon_v1(depth):
+    block, depths = GLUON_BLOCKS[depth]
+    if block == "basic":  # BasicBlockV1 is torchvision's basic block
+        return ResNetSpec(name=f"gluon_resnet{depth}_v1", stages=_basic_stages(depths), block=block, bn=GLUON_BN,
+                          description=f"mxnet.gluon.model_zoo.vision.resnet{depth}_v1")
+    # BottleneckV1 strides its first 1x1, and its two 1x1 convs keep Gluon's default bias.
+    return ResNetSpec(name=f"gluon_resnet{depth}_v1", stages=_bottleneck_stages(depths), block=block,
+                      stride_at="1x1", conv_bias=("conv1", "conv3"), bn=GLUON_BN,
+                      description=f"mxnet.gluon.model_zoo.vision.resnet{depth}_v1 (stride on the first 1x1)")
+
+
+def gluon_v2(depth):
+    block, depths = GLUON_BLOCKS[depth]
+    stages = _basic_stages(depths) if block == "basic" else _bottleneck_stages(depths)
+    # ResNetV2: an affine-free BN on the data, a post-activation stem, pre-activation
+    # blocks striding the 3x3, and a bare 1x1 conv projecting the pre-activated input.
+    return ResNetSpec(name=f"gluon_resnet{depth}_v2", stages=stages, block=block, preactivation=True,
+                      stem=Stem(input_norm=True), shortcut="conv", bn=GLUON_BN,
+                      description=f"mxnet.gluon.model_zoo.vision.resnet{depth}_v2 (pre-activation)")
+
+
 def d2l_resnet18():
     return ResNetSpec(
         name="d2l_resnet18", stages=_basic_stages((2, 2, 2, 2)), block="basic", in_channels=1,
@@ -150,6 +177,9 @@ register("resnet152_v1", lambda: keras_v1("resnet152_v1", (3, 8, 36, 3)))
 register("resnet50_v2", lambda: keras_v2("resnet50_v2", (3, 4, 6, 3)))
 register("resnet101_v2", lambda: keras_v2("resnet101_v2", (3, 4, 23, 3)))
 register("resnet152_v2", lambda: keras_v2("resnet152_v2", (3, 8, 36, 3)))
+for _depth in GLUON_BLOCKS:
+    register(f"gluon_resnet{_depth}_v1", lambda d=_depth: gluon_v1(d))
+    register(f"gluon_resnet{_depth}_v2", lambda d=_depth: gluon_v2(d))
 register("d2l_resnet18", d2l_resnet18)
 register("d2l_resnext18", d2l_resnext18)
 for _depth in (20, 32, 44, 56, 110):

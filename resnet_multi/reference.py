@@ -48,8 +48,11 @@ def conv2d(x: np.ndarray, conv: Conv, state: Mapping[str, np.ndarray]) -> np.nda
 def batch_norm(x: np.ndarray, norm: Norm, spec: ResNetSpec, state: Mapping[str, np.ndarray],
                train: bool, new_state: dict[str, np.ndarray]) -> np.ndarray:
     name, bn = norm.name, spec.bn
-    gamma = np.asarray(state[f"{name}.weight"], dtype=np.float64)
-    beta = np.asarray(state[f"{name}.bias"], dtype=np.float64)
+    if norm.affine:
+        gamma = np.asarray(state[f"{name}.weight"], dtype=np.float64)
+        beta = np.asarray(state[f"{name}.bias"], dtype=np.float64)
+    else:
+        gamma, beta = np.ones(norm.channels), np.zeros(norm.channels)
     if train:
         mean = x.mean(axis=(0, 2, 3))
         var = x.var(axis=(0, 2, 3))  # biased: what every framework normalises with
@@ -118,7 +121,10 @@ def run(spec: ResNetSpec, state: Mapping[str, np.ndarray], x: np.ndarray,
     p = plan(spec)
     new_state: dict[str, np.ndarray] = {k: np.asarray(v, dtype=np.float64) for k, v in state.items()}
     acts: dict[str, np.ndarray] = {}
-    y = conv2d(np.asarray(x, dtype=np.float64), p.stem.conv, state)
+    y = np.asarray(x, dtype=np.float64)
+    if p.stem.input_bn is not None:  # no ReLU after it: it only standardises the data
+        y = batch_norm(y, p.stem.input_bn, spec, state, train, new_state)
+    y = conv2d(y, p.stem.conv, state)
     if p.stem.bn is not None:
         y = relu(batch_norm(y, p.stem.bn, spec, state, train, new_state))
     if p.stem.pool is not None:

@@ -119,7 +119,7 @@ def layer_table(spec: ResNetSpec, input_shape: tuple[int, int, int]) -> LayerTab
         if ph < 1 or pw < 1:
             raise InputTooSmall(f"input too small: it collapses at stem (maxpool: {h}x{w} -> {ph}x{pw})")
         h, w = ph, pw
-    params, buffers, names = _count([m for m in (stem.conv, stem.bn) if m])
+    params, buffers, names = _count([m for m in (stem.input_bn, stem.conv, stem.bn) if m])
     rows.append(LayerRow("stem", (stem.conv.out_channels, h, w), params, buffers, macs, names))
 
     for block in p.blocks:

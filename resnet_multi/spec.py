@@ -69,9 +69,13 @@ class Stem:
     # what keras.applications does (ZeroPadding2D), which differs when the pool
     # input can be negative (pre-activation stems have no ReLU before it).
     pool_padding: str = "neg_inf"
+    # A BN without scale or shift on the raw input, before the conv (Gluon's
+    # ResNet v2 normalises its data this way): running statistics only.
+    input_norm: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("stem.kind", self.kind, tuple(STEM_KINDS))
+        _check_bool("stem.input_norm", self.input_norm)
         _check_int("stem.channels", self.channels)
         _check_bool("stem.norm", self.norm)
         _check_choice("stem.pool_padding", self.pool_padding, POOL_PADDINGS)

@@ -69,13 +69,15 @@ def init_weights(spec: ResNetSpec, seed: int = 0, perturb_bn: bool = False) -> d
         elif isinstance(module, Norm):
             c = module.channels
             if perturb_bn:
-                state[f"{module.name}.weight"] = rng.uniform(0.5, 1.5, c)
-                state[f"{module.name}.bias"] = rng.uniform(-0.2, 0.2, c)
+                if module.affine:
+                    state[f"{module.name}.weight"] = rng.uniform(0.5, 1.5, c)
+                    state[f"{module.name}.bias"] = rng.uniform(-0.2, 0.2, c)
                 state[f"{module.name}.running_mean"] = rng.uniform(-0.2, 0.2, c)
                 state[f"{module.name}.running_var"] = rng.uniform(0.5, 2.0, c)
             else:
-                state[f"{module.name}.weight"] = np.zeros(c) if module.name in zero_last else np.ones(c)
-                state[f"{module.name}.bias"] = np.zeros(c)
+                if module.affine:
+                    state[f"{module.name}.weight"] = np.zeros(c) if module.name in zero_last else np.ones(c)
+                    state[f"{module.name}.bias"] = np.zeros(c)
                 state[f"{module.name}.running_mean"] = np.zeros(c)
                 state[f"{module.name}.running_var"] = np.ones(c)
         elif isinstance(module, Linear):

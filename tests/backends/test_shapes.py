@@ -10,15 +10,16 @@ import pytest
 
 from resnet_multi import presets
 from resnet_multi.measure import first_difference, measured_table
-from resnet_multi.shapes import layer_table
+from resnet_multi.shapes import layer_table, param_count
 
 # Deep or wide presets run at a reduced size so that the suite fits a 2-core machine.
 SMALL = {"d2l_resnet18": [(1, 96, 96), (1, 33, 47)]}
 DEFAULT_SIZES = [(3, 65, 65), (3, 64, 96)]
 CIFAR_SIZES = [(3, 32, 32), (3, 17, 23)]
 HEAVY_SIZES = [(3, 33, 47)]
-HEAVY = {"resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
-         "wide_resnet101_2", "resnet101_v1", "resnet152_v1", "resnet101_v2", "resnet152_v2", "resnet110"}
+# Deep or wide: over 40M parameters or over 30 blocks.
+HEAVY = {n for n in presets.names()
+         if param_count(presets.get(n)) > 40_000_000 or sum(s.blocks for s in presets.get(n).stages) > 30}
 
 
 def _cases():

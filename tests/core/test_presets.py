@@ -22,6 +22,16 @@ TORCHVISION_GMACS = {"resnet18": 1.81, "resnet34": 3.66, "resnet50": 4.09, "resn
 KERAS_TOTAL = {"resnet50_v1": 25_636_712, "resnet101_v1": 44_707_176, "resnet152_v1": 60_419_944,
                "resnet50_v2": 25_613_800, "resnet101_v2": 44_675_560, "resnet152_v2": 60_380_648}
 
+# mxnet.gluon.model_zoo.vision, counted on Gluon's own models (v2's data BN has
+# 6 frozen scale/shift values that Gluon stores and we leave out).
+GLUON_PARAMS = {"gluon_resnet18_v1": 11_689_512, "gluon_resnet50_v1": 25_575_912,
+                "gluon_resnet50_v2": 25_549_486 - 6}
+
+
+@pytest.mark.parametrize("name,count", GLUON_PARAMS.items())
+def test_gluon_model_zoo_parameter_counts(name, count):
+    assert param_count(presets.get(name)) == count
+
 
 @pytest.mark.parametrize("name,count", TORCHVISION_PARAMS.items())
 def test_torchvision_parameter_counts(name, count):
