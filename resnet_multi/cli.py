@@ -105,11 +105,25 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def cmd_convert(args: argparse.Namespace) -> dict[str, Any]:
+    from .compare import parse_python_overrides
+    from .convert import convert
+
+    return convert(args.src, args.dst, args.arch, args.src_format, args.dst_format,
+                   python=parse_python_overrides(args.python))
+
+
+def format_convert(report: dict[str, Any]) -> str:
+    return (f"{report['source']} ({report['source_format']}) -> {report['destination']} "
+            f"({report['destination_format']}): {report['arch']}, {report['tensors']} tensors")
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "list": (cmd_list, format_list),
     "summary": (cmd_summary, format_layer_table),
     "parity": (cmd_parity, format_parity),
     "compare": (cmd_compare, format_compare),
+    "convert": (cmd_convert, format_convert),
 }
 
 
@@ -172,6 +186,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the interpreter of a backend's environment (repeatable)")
     p.add_argument("--plot", metavar="FILE.png", help="write a chart: speed per backend, parity per layer")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    from .convert import FORMATS
+
+    p = sub.add_parser("convert", help="convert weights between the canonical file and framework formats",
+                       description="Convert weights: canonical .safetensors, torch/torchvision/timm .pth, Keras "
+                                   ".weights.h5 (ours or keras.applications), Flax .msgpack, Gluon .params (ours "
+                                   "or the model zoo). A file that does not fit the architecture is refused "
+                                   "whole. Steps whose framework is not installed here run in that backend's "
+                                   "environment.")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="DST")
+    p.add_argument("--arch", metavar="NAME_OR_SPEC_FILE",
+                   help="the architecture (optional when SRC is a canonical file that names it)")
+    p.add_argument("--from", dest="src_format", choices=list(FORMATS), help="SRC's format (default: from its name)")
+    p.add_argument("--to", dest="dst_format", choices=list(FORMATS), help="DST's format (default: from its name)")
+    p.add_argument("--python", action="append", default=[], metavar="BACKEND=PATH",
+                   help="the interpreter of a backend's environment (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
