@@ -118,12 +118,31 @@ def format_convert(report: dict[str, Any]) -> str:
             f"({report['destination_format']}): {report['arch']}, {report['tensors']} tensors")
 
 
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from .training import Progress, TrainConfig, train
+
+    config = TrainConfig(model=args.model, backend=args.backend, dataset=args.dataset, data_dir=args.data_dir,
+                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                         resize=args.resize, seed=args.seed, device=args.device, precision=args.precision,
+                         out=args.out, resume=args.resume)
+    return train(config, Progress(enabled=not args.quiet))
+
+
+def format_train(report: dict[str, Any]) -> str:
+    final = report["final"] or {}
+    return (f"{report['name']} on {report['backend']} ({report['device']}): {len(report['epochs'])} epochs, "
+            f"val accuracy {final.get('val_accuracy', float('nan')):.4f}, val loss "
+            f"{final.get('val_loss', float('nan')):.4f}\ncheckpoint {report['checkpoint']}\n"
+            f"metrics {report['metrics']}\nplot {report['plot']}")
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "list": (cmd_list, format_list),
     "summary": (cmd_summary, format_layer_table),
     "parity": (cmd_parity, format_parity),
     "compare": (cmd_compare, format_compare),
     "convert": (cmd_convert, format_convert),
+    "train": (cmd_train, format_train),
 }
 
 
@@ -204,6 +223,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="dst_format", choices=list(FORMATS), help="DST's format (default: from its name)")
     p.add_argument("--python", action="append", default=[], metavar="BACKEND=PATH",
                    help="the interpreter of a backend's environment (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("train", help="train in one backend (the book's recipe by default)",
+                       description="Train a preset or spec in one backend: the book's defaults (Fashion-MNIST "
+                                   "96x96, batch 128, SGD lr 0.01, 10 epochs). Writes checkpoint.safetensors "
+                                   "(weights + optimizer state), metrics.json and curves.png into --out after "
+                                   "every epoch; --resume continues from there exactly.")
+    p.add_argument("model", metavar="NAME_OR_SPEC_FILE")
+    p.add_argument("--backend", type=backend_arg, required=True, metavar="NAME")
+    p.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "digits"),
+                   help="fashion-mnist (downloaded and checked, or --data-dir) or digits (embedded, no network)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the Fashion-MNIST IDX .gz files")
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--resize", type=positive_int, default=96, help="image side (default 96, the book's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/NAME-BACKEND)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 

@@ -77,7 +77,7 @@ def _train(backend: str, spec, state, x: np.ndarray, request: dict[str, Any]) ->
     from .training_parity import backend_trajectory
 
     return backend_trajectory(backend, spec, state, request["train_steps"], request["seed"], x.shape[1:],
-                              device=request["device"])
+                              batch=x.shape[0], device=request["device"])
 
 
 def main(argv: list[str] | None = None) -> int:

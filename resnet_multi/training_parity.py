@@ -1,0 +1,94 @@
+"""Training parity: the loss of the first steps of plain SGD, the same in every backend.
+
+Every backend starts from the same canonical weights and sees the same
+seeded batches; fp32 SGD then gives losses that agree to about 1e-6
+relative. A golden trajectory (produced by one backend, see ``main``) is
+committed, and each backend's CI session checks itself against it.
+
+Regenerate the golden file (after a deliberate change of the spec, the
+init, the data or the step):
+
+    .nox/torch/bin/python -m resnet_multi.training_parity --backend torch \\
+        --write tests/golden/train_trajectory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import registry
+from .presets import resolve
+from .spec import ResNetSpec
+from .weights import init_weights
+
+GOLDEN = {"name": "d2l_resnet18", "input_shape": [1, 32, 32], "batch": 8, "steps": 10, "lr": 0.05, "seed": 0}
+RTOL = 1e-4
+
+
+def step_batch(input_shape, batch: int, num_classes: int, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """The batch of one step: seeded, the same in every environment."""
+    rng = np.random.default_rng([seed, step, 0x7A1])
+    x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
+    y = rng.integers(0, num_classes, batch).astype(np.int64)
+    return x, y
+
+
+def backend_trajectory(backend: str, spec: ResNetSpec | str, state: dict[str, np.ndarray] | None, steps: int,
+                       seed: int, input_shape, batch: int = 8, lr: float = 0.05,
+                       device: str = "cpu") -> dict[str, Any]:
+    """Losses of ``steps`` plain-SGD steps (no momentum, no weight decay), and weight fingerprints after."""
+    spec = resolve(spec)
+    module = registry.load(backend)
+    native = registry.load(backend, "weights")
+    train = registry.load(backend, "train")
+    model = module.build(spec, device=device, seed=seed)
+    native.from_canonical(model, state if state is not None else init_weights(spec, seed))
+    step = train.make_train_step(model, lr=lr)
+    losses = []
+    for i in range(steps):
+        x, y = step_batch(tuple(input_shape), batch, spec.num_classes, seed, i)
+        losses.append(float(step(x, y)))
+    after = native.to_canonical(model)
+    fingerprint = {k: float(np.asarray(after[k], np.float64).sum()) for k in ("conv1.weight", "fc.weight", "fc.bias")}
+    return {"backend": backend, "losses": losses, "fingerprint": fingerprint, "lr": lr, "batch": batch,
+            "input_shape": list(input_shape), "steps": steps, "seed": seed}
+
+
+def golden_trajectory(backend: str) -> dict[str, Any]:
+    g = GOLDEN
+    return backend_trajectory(backend, g["name"], None, g["steps"], g["seed"], g["input_shape"], g["batch"], g["lr"])
+
+
+def compare_to_golden(result: dict[str, Any], golden: dict[str, Any]) -> list[str]:
+    """Lines naming each step or fingerprint outside tolerance (empty when all agree)."""
+    problems = []
+    for i, (got, want) in enumerate(zip(result["losses"], golden["losses"])):
+        if abs(got - want) > RTOL * max(1.0, abs(want)):
+            problems.append(f"step {i + 1}: loss {got:.7f}, golden {want:.7f}")
+    for key, want in golden["fingerprint"].items():
+        got = result["fingerprint"][key]
+        if abs(got - want) > 1e-3 * max(1.0, abs(want)):
+            problems.append(f"sum of {key} after the steps: {got:.6f}, golden {want:.6f}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m resnet_multi.training_parity", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", required=True)
+    parser.add_argument("--write", metavar="FILE.json", help="write the trajectory as the golden file")
+    args = parser.parse_args(argv)
+    result = golden_trajectory(registry.canonical_name(args.backend))
+    text = json.dumps({**GOLDEN, **result}, indent=2) + "\n"
+    if args.write:
+        Path(args.write).write_text(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
