@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import struct
 import sys
@@ -102,7 +103,7 @@ def download(url: str, dest: Path, sha256: str, progress: Callable[[int, int | N
                     done += len(chunk)
                     if progress:
                         progress(done, total)
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise DataError(f"download of {url} failed ({reason}); run again to resume, or pass --data-dir") from None
     if total is not None and partial.stat().st_size < total:
