@@ -26,20 +26,25 @@ from .presets import resolve
 from .spec import ResNetSpec
 from .weights import init_weights
 
-GOLDEN = {"name": "d2l_resnet18", "input_shape": [1, 32, 32], "batch": 8, "steps": 10, "lr": 0.05, "seed": 0}
+GOLDEN = {"name": "d2l_resnet18", "input_shape": [1, 32, 32], "batch": 8, "steps": 10, "lr": 0.01, "seed": 0}
 RTOL = 1e-4
 
 
 def step_batch(input_shape, batch: int, num_classes: int, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """The batch of one step: seeded, the same in every environment."""
-    rng = np.random.default_rng([seed, step, 0x7A1])
+    """The batch of one step: seeded, the same in every environment.
+
+    Two batches alternate, so the loss falls steadily (the net fits them)
+    instead of jumping around on fresh random labels, where fp32 round-off
+    would be amplified by the noise of the task rather than measured.
+    """
+    rng = np.random.default_rng([seed, step % 2, 0x7A1])
     x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
     y = rng.integers(0, num_classes, batch).astype(np.int64)
     return x, y
 
 
 def backend_trajectory(backend: str, spec: ResNetSpec | str, state: dict[str, np.ndarray] | None, steps: int,
-                       seed: int, input_shape, batch: int = 8, lr: float = 0.05,
+                       seed: int, input_shape, batch: int = 8, lr: float = 0.01,
                        device: str = "cpu") -> dict[str, Any]:
     """Losses of ``steps`` plain-SGD steps (no momentum, no weight decay), and weight fingerprints after."""
     spec = resolve(spec)
