@@ -1,0 +1,66 @@
+"""compare and convert, as far as they go without any framework in this environment."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from resnet_multi import presets
+from resnet_multi.compare import parse_python_overrides, run_compare
+from resnet_multi.convert import convert, guess_format
+from resnet_multi.errors import UserError
+from resnet_multi.weights import init_weights, load_state, save_state
+
+
+def test_compare_reports_a_missing_environment_in_its_column(tmp_path):
+    report = run_compare("resnet20", ["torch", "mxnet"], (3, 16, 16), batch=2,
+                         python={"torch": str(tmp_path / "nope" / "python"), "mxnet": str(tmp_path / "gone")})
+    assert set(report["backends"]) == {"torch", "mxnet"}
+    assert "does not exist" in report["backends"]["torch"]["error"]
+    assert report["analytic"]["total_params"] == 272_474
+    assert report["agreement"]["torch"] == {"shapes": None, "parity": None}
+
+
+def test_compare_cli_json_with_a_broken_interpreter(tmp_path):
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'boom: no framework' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    out = subprocess.run([sys.executable, "-m", "resnet_multi", "compare", "resnet20", "--backends", "flax",
+                          "--input-shape", "3,16,16", "--python", f"flax={broken}", "--json", "--quiet"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    column = json.loads(out.stdout)["backends"]["flax"]
+    assert column["error"].startswith("exit 3") and "boom" in column["error"]
+
+
+def test_python_overrides_are_checked():
+    assert parse_python_overrides(["jax=/x/python"]) == {"flax": "/x/python"}
+    with pytest.raises(UserError):
+        parse_python_overrides(["torch"])
+
+
+def test_canonical_to_canonical_and_refusal(tmp_path):
+    spec = presets.get("resnet20")
+    state = init_weights(spec, 4)
+    src = save_state(state, tmp_path / "a.safetensors", spec)
+    report = convert(src, tmp_path / "b.safetensors")  # the file names its spec: no --arch needed
+    assert report["arch"] == "resnet20"
+    back = load_state(tmp_path / "b.safetensors", spec)
+    assert all(np.array_equal(back[k], state[k]) for k in state)
+    with pytest.raises(UserError, match="do not fit resnet32"):
+        convert(src, tmp_path / "c.safetensors", arch="resnet32")
+
+
+def test_format_guessing():
+    keras_spec, gluon_spec = presets.get("resnet50_v1"), presets.get("gluon_resnet50_v1")
+    assert guess_format("w.pth", None) == "torch"
+    assert guess_format("w.weights.h5", keras_spec) == "keras-applications"
+    assert guess_format("w.weights.h5", presets.get("resnet50")) == "keras"
+    assert guess_format("w.params", gluon_spec) == "gluon-zoo"
+    assert guess_format("w.msgpack", None) == "flax"
+    with pytest.raises(UserError, match="--from/--to"):
+        guess_format("w.bin2", None)
