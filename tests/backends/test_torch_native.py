@@ -1,0 +1,430 @@
+"""Tests only the torch backend has: torchvision's zoo, .pt files, the SGD step, the bench.
+
+Each test skips unless the backend under test is torch, so the file is
+collected everywhere but runs (and must pass) only in the torch environment.
+torch itself is imported inside the tests, never at module level.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+
+from resnet_multi import presets, reference, registry
+from resnet_multi.convert import convert
+from resnet_multi.errors import UserError
+from resnet_multi.spec import Stage
+from resnet_multi.weights import WeightsError, init_weights, load_state, save_state
+
+ZOO = ["resnet18", "resnet50", "resnext50_32x4d"]  # torchvision.models builders of the same names
+ODD_SIZE = (3, 45, 51)
+RTOL = 1e-4  # logits within RTOL * max(1, max |logits|), as the parity suite
+
+
+def _only_torch(backend):
+    if backend != "torch":
+        pytest.skip("torch-only test")
+
+
+def _tol(logits) -> float:
+    return RTOL * max(1.0, float(np.abs(logits).max()))
+
+
+def _tiny(name: str):
+    """A preset's every choice (block, shortcut, BN convention, stem) with two small stages."""
+    spec = presets.get(name)
+    if spec.block == "bottleneck":
+        stages = (Stage(1, 32, 1, 2, 8), Stage(1, 64, 2, 2, 8))
+    else:
+        stages = (Stage(1, 8, 1), Stage(2, 16, 2))
+    return dataclasses.replace(spec, name=f"tiny_{name}", stages=stages, num_classes=5,
+                               stem=dataclasses.replace(spec.stem, channels=8))
+
+
+def _cross_entropy(logits, labels) -> float:
+    z = logits - logits.max(axis=1, keepdims=True)
+    return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels]))
+
+
+def _batch(spec, n=4, size=(9, 11), seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, spec.in_channels, *size)).astype(np.float32)
+    return x, (np.arange(n) % spec.num_classes).astype(np.int64)
+
+
+def _model(backend_module, spec, seed=0):
+    weights = registry.load("torch", "weights")
+    model = backend_module.build(spec, device="cpu", seed=seed)
+    weights.from_canonical(model, init_weights(spec, seed, perturb_bn=True))
+    return model
+
+
+# -- torchvision's zoo -----------------------------------------------------------------------
+
+
+def _torchvision_model(arch: str, seed: int = 0):
+    """torchvision's own model, random init (no download), random BN affine and running statistics."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, arch)(weights=None)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.uniform_(-0.2, 0.2, generator=gen)
+                m.running_mean.uniform_(-0.2, 0.2, generator=gen)
+                m.running_var.uniform_(0.5, 2.0, generator=gen)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ZOO)
+def test_torchvision_import(backend, backend_module, arch, tmp_path):
+    _only_torch(backend)
+    import torch
+
+    source = _torchvision_model(arch)
+    src = tmp_path / f"{arch}.pth"
+    torch.save(source.state_dict(), src)  # torchvision's own format, num_batches_tracked included
+    dst = tmp_path / f"{arch}.safetensors"
+    convert(src, dst, arch=arch)
+
+    spec = presets.get(arch)
+    state = load_state(dst, spec)
+    x = np.random.default_rng(1).standard_normal((2, *ODD_SIZE)).astype(np.float32)
+    with torch.no_grad():
+        expected = source(torch.from_numpy(x)).numpy()
+    ours = backend_module.build(spec, device="cpu")
+    registry.load("torch", "weights").from_canonical(ours, state)
+    got = backend_module.forward(ours, x)
+    ref = reference.run(spec, state, x)[0]["fc"]
+    tol = _tol(expected)
+    assert np.abs(got - expected).max() <= tol, f"our torch model vs torchvision {arch}"
+    assert np.abs(ref - expected).max() <= tol, f"NumPy reference vs torchvision {arch}"
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnext50_32x4d"])
+def test_torchvision_export(backend, backend_module, arch, tmp_path):
+    """canonical -> .pth (convert, i.e. write_file): torchvision's model loads it strictly and agrees."""
+    _only_torch(backend)
+    import torch
+    import torchvision
+
+    spec = presets.get(arch)
+    state = init_weights(spec, seed=2, perturb_bn=True)
+    canonical = save_state(state, tmp_path / "w.safetensors", spec)
+    out = tmp_path / "w.pth"
+    convert(canonical, out, arch=arch)
+
+    theirs = getattr(torchvision.models, arch)(weights=None)
+    theirs.load_state_dict(torch.load(out, map_location="cpu", weights_only=True), strict=True)
+    theirs.eval()
+    ours = backend_module.build(spec, device="cpu")
+    registry.load("torch", "weights").from_canonical(ours, state)
+    x = np.random.default_rng(3).standard_normal((2, *ODD_SIZE)).astype(np.float32)
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(x)).numpy()
+    got = backend_module.forward(ours, x)
+    assert np.abs(got - expected).max() <= _tol(expected)
+
+
+# -- our native files ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["resnet20", "gluon_resnet18_v2", "d2l_resnext18"])
+def test_native_round_trip(backend, backend_module, name, tmp_path):
+    """write_file -> read_file is exact; the file is a torchvision-style state_dict with BN counters."""
+    _only_torch(backend)
+    import torch
+
+    weights = registry.load("torch", "weights")
+    spec = _tiny(name)
+    state = init_weights(spec, seed=4, perturb_bn=True)
+    path = tmp_path / "w.pt"
+    weights.write_file(state, path, spec, "torch")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt"]  # no temporary file left behind
+    back = weights.read_file(path, spec, "torch")
+    assert set(back) == set(state)
+    for k in state:
+        np.testing.assert_array_equal(back[k], state[k], err_msg=k)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    n_norms = sum(k.endswith("running_mean") for k in state)
+    assert sum(k.endswith("num_batches_tracked") for k in raw) == n_norms
+    # Our own model loads it with torch's API, strictly.
+    model = backend_module.build(spec, device="cpu")
+    model.load_state_dict(raw, strict=True)
+    x, _ = _batch(spec)
+    np.testing.assert_allclose(backend_module.forward(model, x), reference.run(spec, state, x)[0]["fc"],
+                               rtol=0, atol=_tol(reference.run(spec, state, x)[0]["fc"]))
+
+
+@pytest.mark.parametrize("wrap", ["bare", "state_dict", "model", "module.", "bf16"])
+def test_read_checkpoint_layouts(backend, backend_module, wrap, tmp_path):
+    """A model's state_dict saved by torch.save, bare or wrapped, DataParallel-prefixed, or in bf16."""
+    _only_torch(backend)
+    import torch
+
+    weights = registry.load("torch", "weights")
+    spec = _tiny("resnet20")
+    model = _model(backend_module, spec)
+    sd = model.state_dict()
+    if wrap == "module.":
+        obj = {f"module.{k}": v for k, v in sd.items()}
+    elif wrap == "bf16":
+        obj = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in sd.items()}
+    elif wrap == "bare":
+        obj = sd
+    else:
+        obj = {wrap: sd, "epoch": 3}
+    path = tmp_path / "ckpt.pth"
+    torch.save(obj, path)
+    got = weights.read_file(path, spec, "torch")
+    want = weights.to_canonical(model)
+    assert set(got) == set(want)
+    for k in want:
+        if wrap == "bf16":
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-2, atol=1e-2, err_msg=k)
+        else:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_refuse_mismatched_file(backend, backend_module, tmp_path):
+    """Missing, unexpected and mis-shaped tensors are all listed, and nothing is returned."""
+    _only_torch(backend)
+    import torch
+
+    weights = registry.load("torch", "weights")
+    spec = _tiny("resnet20")
+    sd = dict(_model(backend_module, spec).state_dict())
+    del sd["fc.bias"]
+    sd["extra.weight"] = torch.zeros(3)
+    sd["conv1.weight"] = torch.zeros(8, 3, 5, 5)
+    path = tmp_path / "bad.pt"
+    torch.save(sd, path)
+    with pytest.raises(WeightsError) as info:
+        weights.read_file(path, spec, "torch")
+    text = str(info.value)
+    for word in ("missing 1: fc.bias", "unexpected 1: extra.weight", "mis-shaped 1: conv1.weight"):
+        assert word in text
+    # convert refuses it whole too, and writes nothing.
+    with pytest.raises(UserError, match="nothing loaded"):
+        convert(path, tmp_path / "out.safetensors", arch=spec)
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_refuse_unreadable_files(backend, backend_module, tmp_path):
+    """Truncated, empty, foreign or object-pickling files: one line each, WeightsError."""
+    _only_torch(backend)
+    import torch
+
+    weights = registry.load("torch", "weights")
+    spec = _tiny("resnet20")
+    good = tmp_path / "good.pt"
+    weights.write_file(init_weights(spec), good, spec, "torch")
+    data = good.read_bytes()
+    cases = {"truncated.pt": data[: len(data) // 2], "empty.pt": b"", "text.pt": b"not a checkpoint\n" * 4}
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    torch.save({"weights": [1, 2]}, tmp_path / "nested.pt")
+    for name in [*cases, "tensor.pt", "nested.pt", "missing.pt"]:
+        with pytest.raises(WeightsError) as info:
+            weights.read_file(tmp_path / name, spec, "torch")
+        text = str(info.value)
+        assert "\n" not in text and name in text, text
+    with pytest.raises(WeightsError, match="format"):
+        weights.read_file(good, spec, "keras")
+
+
+class _Opaque:  # weights_only=True refuses to unpickle a class like this
+    pass
+
+
+def test_refuse_pickled_objects(backend, backend_module, tmp_path):
+    _only_torch(backend)
+    import torch
+
+    weights = registry.load("torch", "weights")
+    path = tmp_path / "object.pt"
+    torch.save({"conv1.weight": torch.zeros(1), "trap": _Opaque()}, path)
+    with pytest.raises(WeightsError, match="refused") as info:
+        weights.read_file(path, _tiny("resnet20"), "torch")
+    assert "\n" not in str(info.value)
+
+
+def test_write_refuses_bad_state(backend, backend_module, tmp_path):
+    _only_torch(backend)
+    weights = registry.load("torch", "weights")
+    spec = _tiny("resnet20")
+    state = init_weights(spec)
+    state["fc.weight"] = state["fc.weight"][:, :3]
+    with pytest.raises(WeightsError, match="fc.weight"):
+        weights.write_file(state, tmp_path / "w.pt", spec, "torch")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- the training step ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["resnet20", "gluon_resnet18_v2", "d2l_resnet18"])
+def test_first_step_matches_reference(backend, backend_module, name):
+    """Loss before the update = the reference's train-mode cross-entropy; running stats as the spec says."""
+    _only_torch(backend)
+    train = registry.load("torch", "train")
+    weights = registry.load("torch", "weights")
+    spec = _tiny(name)
+    model = _model(backend_module, spec, seed=5)
+    state = weights.to_canonical(model)
+    x, labels = _batch(spec)
+    acts, ref_state = reference.run(spec, state, x, train=True)
+    logits = acts["fc"]
+    step = train.make_train_step(model, lr=0.05)
+    loss = step(x, labels)
+    expected = _cross_entropy(logits, labels)
+    assert abs(loss - expected) <= 1e-5 * abs(expected), (loss, expected)
+    after = weights.to_canonical(model)
+    for k in state:
+        if k.endswith(("running_mean", "running_var")):
+            np.testing.assert_allclose(after[k], ref_state[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert not model.training  # the step leaves the mode as it found it
+
+
+def _fd_grad(model64, x, labels, name, index, eps=1e-6) -> float:
+    """d loss / d param[index] by central differences, float64, train-mode BN."""
+    import torch
+
+    param = dict(model64.named_parameters())[name]
+    xt = torch.from_numpy(x.astype(np.float64))
+    model64.train()
+    values = []
+    with torch.no_grad():
+        orig = param[index].item()
+        for delta in (eps, -eps):
+            param[index] = orig + delta
+            values.append(_cross_entropy(model64(xt).numpy(), labels))  # the loss in NumPy, not torch's
+        param[index] = orig
+    return (values[0] - values[1]) / (2 * eps)
+
+
+def test_sgd_update_convention(backend, backend_module):
+    """Two SGD steps with momentum and weight decay against float64 finite-difference gradients:
+    b1 = g1 + wd * w0, w1 = w0 - lr * b1; b2 = m * b1 + g2 + wd * w1 (torch.optim.SGD)."""
+    _only_torch(backend)
+    train = registry.load("torch", "train")
+    spec = _tiny("resnet20")
+    model = _model(backend_module, spec, seed=6)
+    x, labels = _batch(spec, n=4, size=(6, 6), seed=6)
+    lr, m, wd = 0.1, 0.9, 0.01
+    probes = [("conv1.weight", (1, 0, 1, 2)), ("layer1.0.bn1.weight", (3,)), ("layer2.0.downsample.0.weight",
+                                                                           (5, 2, 0, 0)), ("fc.bias", (2,))]
+    step = train.make_train_step(model, lr=lr, momentum=m, weight_decay=wd)
+    buffers = []
+    for _ in range(2):
+        model64 = copy.deepcopy(model).double()
+        w = {n: dict(model.named_parameters())[n][i].item() for n, i in probes}
+        grads = {n: _fd_grad(model64, x, labels, n, i) for n, i in probes}
+        step(x, labels)
+        state = train.optimizer_state(step)
+        w_after = {n: dict(model.named_parameters())[n][i].item() for n, i in probes}
+        for n, i in probes:
+            buf = float(state[f"momentum.{n}"][i])
+            prev = m * buffers[-1][n] if buffers else 0.0
+            want = prev + grads[n] + wd * w[n]
+            assert buf == pytest.approx(want, rel=1e-4, abs=1e-7), (n, buf, want)
+            assert w_after[n] - w[n] == pytest.approx(-lr * buf, rel=1e-3, abs=1e-7), n
+        buffers.append({n: float(state[f"momentum.{n}"][i]) for n, i in probes})
+
+
+def test_loss_decreases(backend, backend_module):
+    _only_torch(backend)
+    train = registry.load("torch", "train")
+    spec = _tiny("resnet20")
+    model = _model(backend_module, spec, seed=7)
+    x, labels = _batch(spec, n=8, size=(8, 8), seed=7)
+    step = train.make_train_step(model, lr=0.05, momentum=0.9)
+    losses = [step(x, labels) for _ in range(6)]
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.7 * losses[0], losses
+
+
+def test_optimizer_state_resumes_identically(backend, backend_module):
+    _only_torch(backend)
+    train = registry.load("torch", "train")
+    weights = registry.load("torch", "weights")
+    spec = _tiny("d2l_resnext18")
+    x, labels = _batch(spec, n=4, size=(12, 12), seed=8)
+    hyper = dict(lr=0.05, momentum=0.9, weight_decay=1e-3)
+    a = _model(backend_module, spec, seed=8)
+    step_a = train.make_train_step(a, **hyper)
+    assert train.optimizer_state(step_a) == {}  # no buffers before the first step
+    for _ in range(2):
+        step_a(x, labels)
+    saved_w, saved_opt = weights.to_canonical(a), train.optimizer_state(step_a)
+    assert set(saved_opt) == {f"momentum.{k}" for k, _ in a.named_parameters()}
+
+    b = backend_module.build(spec, device="cpu")
+    weights.from_canonical(b, saved_w)
+    step_b = train.make_train_step(b, **hyper)
+    train.load_optimizer_state(step_b, saved_opt)
+    for _ in range(2):
+        assert step_a(x, labels) == step_b(x, labels)
+    wa, wb = weights.to_canonical(a), weights.to_canonical(b)
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+
+    bad = dict(saved_opt)
+    bad.pop("momentum.fc.bias")
+    bad["momentum.conv1.weight"] = np.zeros(3, np.float32)
+    with pytest.raises(WeightsError, match="missing 1: momentum.fc.bias.*mis-shaped 1: momentum.conv1.weight"):
+        train.load_optimizer_state(step_b, bad)
+
+
+def test_mixed_precision_step(backend, backend_module):
+    _only_torch(backend)
+    train = registry.load("torch", "train")
+    spec = _tiny("resnet20")
+    x, labels = _batch(spec, n=4, size=(8, 8), seed=9)
+    fp32 = train.make_train_step(_model(backend_module, spec, seed=9))(x, labels)
+    bf16 = train.make_train_step(_model(backend_module, spec, seed=9), precision="bf16")(x, labels)
+    assert bf16 == pytest.approx(fp32, rel=3e-2)
+    with pytest.raises(UserError, match="fp16"):  # CPU autocast: bf16 only in this backend
+        train.make_train_step(_model(backend_module, spec), precision="fp16")
+    with pytest.raises(ValueError, match="precision"):
+        train.make_train_step(_model(backend_module, spec), precision="fp8")
+
+
+# -- the bench ---------------------------------------------------------------------------------------
+
+TIMING_KEYS = {"median_s", "min_s", "max_s", "stdev_s", "images_per_s", "repeats", "warmup", "batch"}
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_bench_contract(backend, backend_module, mode):
+    _only_torch(backend)
+    bench = registry.load("torch", "bench")
+    weights = registry.load("torch", "weights")
+    spec = _tiny("d2l_resnet18")
+    model = _model(backend_module, spec)
+    before = weights.to_canonical(model)
+    x, _ = _batch(spec, n=2, size=(32, 32))
+    result = bench.benchmark(model, x, mode=mode, repeats=2, warmup=1)
+    assert TIMING_KEYS | {"mode", "precision", "practice"} <= set(result)
+    assert result["mode"] == mode and result["precision"] == "fp32" and result["batch"] == 2
+    assert "channels_last" in result["practice"]
+    assert "peak_memory_mb" not in result  # CPU: torch reports no peak
+    assert result["median_s"] > 0
+    # The model is left as it was found: weights, statistics, mode, memory format.
+    after = weights.to_canonical(model)
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+    assert not model.training
+    assert model.conv1.weight.is_contiguous()
+    if mode == "infer":
+        bf16 = bench.benchmark(model, x, mode=mode, precision="bf16", repeats=1, warmup=1)
+        assert "autocast(bf16)" in bf16["practice"]
+    with pytest.raises(ValueError):
+        bench.benchmark(model, x, mode="eval")
