@@ -95,3 +95,23 @@ def benchmark(model: torch.nn.Module, x, mode: str = "infer", precision: str = "
         model.train(was_training)
     result.update(mode=mode, precision=precision, practice=", ".join(practice), device=str(device))
     return result
+
+
+# -- the framework's own ResNet-50, for benchmarks/vs_native.py ------------------------------
+
+NATIVE = "torchvision.models.resnet50"
+NATIVE_PRESET = "resnet50"
+
+
+def benchmark_native(x, mode: str = "infer", precision: str = "fp32", repeats: int = 5, device: str = "cpu",
+                     num_classes: int = 1000, compile: bool = False) -> dict[str, Any]:
+    """torchvision's ResNet-50, timed by exactly the same code path as ours."""
+    import torchvision
+
+    from resnet_multi.presets import get
+
+    from .model import resolve_device
+
+    model = torchvision.models.resnet50(weights=None, num_classes=num_classes).to(resolve_device(device)).eval()
+    model.spec = get(NATIVE_PRESET)  # same architecture and names: the train step needs only the class count
+    return benchmark(model, x, mode=mode, precision=precision, repeats=repeats, compile=compile)
