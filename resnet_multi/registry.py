@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -53,6 +54,9 @@ def install_hint(name: str) -> str:
 def load(name: str, part: str = "model") -> ModuleType:
     """Import ``resnet_multi.backends.<name>.<part>``; a missing framework is one clear error."""
     key = canonical_name(name)
+    if key == "tensorflow":
+        # Keras 3 picks its backend at first import: ours is TensorFlow unless the user chose.
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     for module in BACKENDS[key][0]:
         try:
             importlib.import_module(module)
