@@ -23,7 +23,18 @@ def plot_compare(report: dict[str, Any], path: str | Path) -> Path:
     """Latency per backend (inference, train step) and parity per layer, side by side."""
     plt = _pyplot()
     ok = {n: r for n, r in report["backends"].items() if "error" not in r}
-    fig, (speed, parity) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1, 2]})
+    trained = {n: r["train"] for n, r in ok.items() if "train" in r and "losses" in r["train"]}
+    ratios = [1, 2] + ([1.2] if trained else [])
+    fig, axes = plt.subplots(1, len(ratios), figsize=(6.5 * len(ratios), 4.8), gridspec_kw={"width_ratios": ratios})
+    speed, parity = axes[0], axes[1]
+    if trained:
+        losses = axes[2]
+        for n, t in trained.items():
+            losses.plot(range(1, len(t["losses"]) + 1), t["losses"], marker="o", markersize=3, label=n)
+        losses.set_xlabel("SGD step")
+        losses.set_ylabel("loss")
+        losses.set_title("Training losses, same weights and batches")
+        losses.legend(fontsize=8)
     names = list(ok)
     width = 0.38
     for k, mode in enumerate(("infer", "train")):
