@@ -1,0 +1,130 @@
+"""Canonical state <-> the Gluon model's Parameters.
+
+Gluon's layouts are PyTorch's (Conv2D weight (O, I/groups, kH, kW), Dense
+weight (out, in)), so nothing is transposed; BN's gamma/beta are the
+canonical weight/bias. Canonical names are resolved through the block
+structure (``layer1.0.downsample.0`` is ``model.layer1[0].downsample[0]``),
+never by parsing Gluon's prefixed parameter names.
+
+Native files (``resnet-multi convert``): 'gluon' is our model's own
+``.params`` file (``save_parameters``: structural names such as
+``layer1.0.conv1.weight``); 'gluon-zoo' is a mxnet.gluon.model_zoo.vision
+resnet*_v1/_v2 ``.params`` file, mapped by resnet_multi.interop.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+import mxnet as mx
+import numpy as np
+
+from resnet_multi import interop
+from resnet_multi.errors import UserError
+from resnet_multi.plan import Conv, Linear, Norm, plan
+from resnet_multi.spec import ResNetSpec
+from resnet_multi.weights import WeightsError, check_state
+
+FORMATS = ("gluon", "gluon-zoo")
+
+# canonical suffix -> Gluon attribute, per kind of layer
+_CONV = {"weight": "weight", "bias": "bias"}
+_NORM = {"weight": "gamma", "bias": "beta", "running_mean": "running_mean", "running_var": "running_var"}
+
+
+def _layer(model, name: str):
+    """The Gluon block at a canonical layer name; input_bn, conv1 and bn1 live in model.stem."""
+    if name in ("input_bn", "conv1", "bn1"):
+        return getattr(model.stem, name)
+    block = model
+    for part in name.split("."):
+        block = block[int(part)] if part.isdigit() else getattr(block, part)
+    return block
+
+
+def parameters(model) -> dict[str, mx.gluon.Parameter]:
+    """Canonical name -> the Gluon Parameter holding it, in model order."""
+    found = {}
+    for module in plan(model.spec)._modules():
+        layer = _layer(model, module.name)
+        if isinstance(module, Norm):
+            names = _NORM if module.affine else {k: _NORM[k] for k in ("running_mean", "running_var")}
+        elif isinstance(module, Conv) and not module.bias:
+            names = {"weight": "weight"}
+        elif isinstance(module, (Conv, Linear)):
+            names = _CONV
+        else:
+            raise TypeError(f"no Gluon mapping for {module!r}")
+        for suffix, attribute in names.items():
+            found[f"{module.name}.{suffix}"] = getattr(layer, attribute)
+    return found
+
+
+def to_canonical(model) -> dict[str, np.ndarray]:
+    """Every parameter and running statistic as float32 numpy, canonical names and layout."""
+    return {name: param.data().asnumpy().astype(np.float32) for name, param in parameters(model).items()}
+
+
+def from_canonical(model, state: Mapping[str, np.ndarray]) -> None:
+    """Load a canonical state; check_state refuses a misfit before anything is written."""
+    check_state(model.spec, state)
+    params = parameters(model)
+    for name, param in params.items():  # a model that no longer fits its own spec: refuse before writing
+        if tuple(param.shape) != tuple(np.shape(state[name])):
+            raise ValueError(f"{name}: Gluon parameter {param.name} has shape {param.shape}, "
+                             f"the state has {tuple(np.shape(state[name]))}; nothing loaded")
+    for name, param in params.items():
+        param.set_data(mx.nd.array(np.asarray(state[name], dtype=np.float32), dtype="float32"))
+
+
+# -- native files ---------------------------------------------------------------------
+
+
+def _format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise UserError(f"the mxnet backend reads and writes {', '.join(FORMATS)}, not {fmt!r}")
+    return fmt
+
+
+def read_file(path, spec: ResNetSpec, fmt: str = "gluon") -> dict[str, np.ndarray]:
+    """A Gluon .params file -> canonical state (checked against the spec: all or nothing)."""
+    from .model import build
+
+    path, fmt = Path(path), _format(fmt)
+    try:
+        params = mx.nd.load(str(path))
+    except mx.base.MXNetError as exc:  # MXNet's message ends with the reason
+        reason = (str(exc).strip().splitlines() or ["?"])[-1][:200]
+        raise WeightsError(f"{path}: not a readable MXNet .params file ({reason})") from None
+    if not isinstance(params, dict):
+        raise WeightsError(f"{path}: holds an unnamed list of arrays, not named parameters")
+    if fmt == "gluon-zoo":
+        state = interop.from_gluon_zoo(spec, {k: v.asnumpy() for k, v in params.items()})
+    else:
+        model = build(spec, device="cpu")
+        try:
+            model.load_parameters(str(path), ctx=mx.cpu())  # Gluon's own check: every name, every shape
+        except (AssertionError, mx.base.MXNetError) as exc:
+            reason = str(exc).splitlines()[0][:200]
+            raise WeightsError(f"{path}: not {spec.name}'s Gluon parameters ({reason})") from None
+        state = to_canonical(model)
+    check_state(spec, state, source=str(path))
+    return state
+
+
+def write_file(state: Mapping[str, np.ndarray], path, spec: ResNetSpec, fmt: str = "gluon") -> None:
+    """Canonical state -> a Gluon .params file, written atomically."""
+    from .model import build
+
+    check_state(spec, state)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    if _format(fmt) == "gluon-zoo":
+        mx.nd.save(str(tmp), {k: mx.nd.array(v, dtype="float32") for k, v in interop.to_gluon_zoo(spec, state).items()})
+    else:
+        model = build(spec, device="cpu")
+        from_canonical(model, state)
+        model.save_parameters(str(tmp))
+    os.replace(tmp, path)
