@@ -19,7 +19,9 @@ BACKENDS = ("torch", "tensorflow", "flax", "mxnet")
 # Packages a backend's tests need beyond its extra: torchvision builds the
 # reference checkpoints and models the importers and benchmarks compare with
 # (this torch/torchvision pair is known to install and import together).
-EXTRA_PACKAGES = {"torch": ("torch==2.14.1", "torchvision==0.29.1")}
+EXTRA_PACKAGES = {"torch": ("torch==2.14.1", "torchvision==0.29.1"),
+                  # Restated so that no later install into this environment lifts numpy past MXNet's limit.
+                  "mxnet": ("numpy<1.24",)}
 
 
 def _install(session: nox.Session, extra: str | None) -> None:

@@ -26,16 +26,18 @@ from .presets import resolve
 from .spec import ResNetSpec
 from .weights import init_weights
 
-GOLDEN = {"name": "d2l_resnet18", "input_shape": [1, 32, 32], "batch": 8, "steps": 10, "lr": 0.01, "seed": 0}
+GOLDEN = {"name": "d2l_resnet18", "input_shape": [1, 64, 64], "batch": 16, "steps": 10, "lr": 0.002, "seed": 0}
 RTOL = 1e-4
 
 
 def step_batch(input_shape, batch: int, num_classes: int, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
     """The batch of one step: seeded, the same in every environment.
 
-    Two batches alternate, so the loss falls steadily (the net fits them)
-    instead of jumping around on fresh random labels, where fp32 round-off
-    would be amplified by the noise of the task rather than measured.
+    Two batches alternate, so the loss falls steadily (the net fits them).
+    The golden setting (64x64 input, so layer4 is 2x2 rather than 1x1; batch
+    16; lr 0.002) keeps BN's batch statistics well conditioned and the steps
+    small: measured in torch, 1 vs 2 threads differ by under 1e-5 absolute
+    over 10 steps, where lr 0.01 at 32x32 and batch 8 differed by 4e-2.
     """
     rng = np.random.default_rng([seed, step % 2, 0x7A1])
     x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
