@@ -114,13 +114,16 @@ class BatchNorm(nnx.BatchNorm):
             return super().__call__(x)
         axes = tuple(range(x.ndim - 1))  # NHWC: every axis but the channels
         n = x.size // x.shape[-1]
+        out_dtype = self.dtype or x.dtype  # the compute dtype (bf16/fp16 in mixed precision, see train.py)
+        x = x.astype(jnp.promote_types(out_dtype, jnp.float32))  # statistics in fp32 at least, as Flax's own layer
         mean = x.mean(axes)
         var = jnp.square(x - mean).mean(axes)
         m = self.momentum
         self.mean[...] = m * self.mean[...] + (1 - m) * mean
         self.var[...] = m * self.var[...] + (1 - m) * var * (n / max(n - 1, 1))  # as the reference does
         y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
-        return y if self.scale is None else y * self.scale[...] + self.bias[...]
+        y = y if self.scale is None else y * self.scale[...] + self.bias[...]
+        return y.astype(out_dtype)
 
 
 # -- stem: [input_bn] conv1 [bn1-relu] [maxpool]; its layers are attributes of ResNet --
