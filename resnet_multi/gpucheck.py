@@ -4,7 +4,7 @@ On a machine whose Python already has some of the frameworks, it builds
 every backend it can import on the GPU, checks the measured layer table
 against the analytic one, checks fp32 parity against the NumPy reference
 (TF32 off), and times inference and, where the backend has a training step,
-a ResNet-50 training step. Backends whose framework is missing are listed
+a ResNet-50 training step, in fp32 and bf16 with the backend's bench. Backends whose framework is missing are listed
 as skipped. ``--device cpu`` rehearses the same script on a CPU machine.
 Exit status: 0 when every importable backend passed, 1 otherwise.
 """
@@ -37,7 +37,8 @@ def _time(fn, repeats: int) -> dict[str, float]:
     return {"median_s": float(np.median(times)), "min_s": float(np.min(times)), "max_s": float(np.max(times))}
 
 
-def check_backend(backend: str, device: str, batch: int, size: int, repeats: int) -> dict[str, Any]:
+def check_backend(backend: str, device: str, batch: int, size: int, repeats: int,
+                  precisions: tuple[str, ...] = ("fp32",)) -> dict[str, Any]:
     result: dict[str, Any] = {"backend": backend}
     module = registry.load(backend)
     result["framework_version"] = module.framework_version()
@@ -54,19 +55,25 @@ def check_backend(backend: str, device: str, batch: int, size: int, repeats: int
 
     model = module.build(spec, device=device)
     x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
-    infer = _time(lambda: module.forward(model, x), repeats)
-    infer["images_per_s"] = batch / infer["median_s"]
-    result["inference"] = infer
     try:
-        train = registry.load(backend, "train")
+        bench = registry.load(backend, "bench")
     except ImportError:
-        train = None
-    if train is not None and hasattr(train, "make_train_step"):
-        labels = np.arange(batch, dtype=np.int64) % spec.num_classes
-        step = train.make_train_step(model, lr=0.01)
-        timing = _time(lambda: step(x, labels), repeats)
-        timing["images_per_s"] = batch / timing["median_s"]
-        result["train_step"] = timing
+        bench = None
+    result["timings"] = {}
+    for precision in precisions:
+        for mode in ("infer", "train"):
+            key = f"{mode}_{precision}"
+            try:
+                if bench is not None:  # the backend's best practice (channels_last, jit, ...)
+                    timing = bench.benchmark(model, x, mode=mode, precision=precision, repeats=repeats)
+                elif mode == "infer" and precision == "fp32":
+                    timing = _time(lambda: module.forward(model, x), repeats)
+                    timing["images_per_s"] = batch / timing["median_s"]
+                else:
+                    continue
+            except Exception as exc:  # one precision unsupported: say so, keep going
+                timing = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+            result["timings"][key] = timing
     result["ok"] = result["table_matches_spec"] == "yes" and parity["ok"]
     return result
 
@@ -78,13 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--size", type=int, default=224, help="image size for timing (default 224)")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--precisions", default="fp32,bf16", help="timed precisions (default fp32,bf16)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     results = []
     for name in args.backends.split(","):
         start = time.perf_counter()
         try:
-            res = check_backend(registry.canonical_name(name), args.device, args.batch_size, args.size, args.repeats)
+            res = check_backend(registry.canonical_name(name), args.device, args.batch_size, args.size, args.repeats,
+                                tuple(args.precisions.split(",")))
         except UserError as exc:  # framework missing, no GPU
             res = {"backend": name, "skipped": str(exc)}
         except Exception as exc:  # a real failure: report it, keep checking the others
@@ -119,11 +128,14 @@ def _print(res: dict[str, Any]) -> None:
     p = res["parity"]
     print(f"   fp32 parity vs NumPy (resnet50, 2x3x64x64): max |diff| {p['max_abs_diff']:.3g} "
           f"(tolerance {p['tolerance']:.3g}) {'ok' if p['ok'] else 'FAIL at ' + str(p['first_divergent_layer'])}")
-    inf = res["inference"]
-    print(f"   inference: {inf['median_s'] * 1e3:.1f} ms/batch median, {inf['images_per_s']:.0f} images/s")
-    if "train_step" in res:
-        tr = res["train_step"]
-        print(f"   train step: {tr['median_s'] * 1e3:.1f} ms/batch median, {tr['images_per_s']:.0f} images/s")
+    for key, timing in res["timings"].items():
+        mode, precision = key.split("_")
+        if "error" in timing:
+            print(f"   {mode:5s} {precision}: {timing['error']}")
+            continue
+        mem = f", peak {timing['peak_memory_mb']:.0f} MB" if timing.get("peak_memory_mb") else ""
+        print(f"   {mode:5s} {precision}: {timing['median_s'] * 1e3:8.1f} ms/batch median, "
+              f"{timing['images_per_s']:7.0f} images/s{mem}  [{timing.get('practice', 'forward')}]")
     sys.stdout.flush()
 
 
