@@ -90,24 +90,25 @@ def expected_shapes(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
     return {**p.param_shapes(), **p.buffer_shapes()}
 
 
-def check_state(spec: ResNetSpec, state: Mapping[str, np.ndarray], source: str = "weights") -> None:
-    """Raise WeightsError listing every missing, unexpected or mis-shaped tensor (all or nothing)."""
-    want = expected_shapes(spec)
+def check_tensors(want: Mapping[str, tuple[int, ...]], state: Mapping[str, np.ndarray], what: str) -> None:
+    """Raise WeightsError listing every missing, unexpected or mis-shaped tensor (all or nothing).
+
+    ``what`` starts the message, e.g. "weights.safetensors do not fit resnet50".
+    """
     missing = [k for k in want if k not in state]
     unexpected = [k for k in state if k not in want]
-    misshaped = [f"{k} {tuple(np.shape(state[k]))} (expected {want[k]})"
-                 for k in want if k in state and tuple(np.shape(state[k])) != want[k]]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:8])}"
-                        f"{' ...' if len(unexpected) > 8 else ''}")
-    if misshaped:
-        problems.append(f"mis-shaped {len(misshaped)}: {', '.join(misshaped[:8])}"
-                        f"{' ...' if len(misshaped) > 8 else ''}")
+    misshaped = [f"{k} {tuple(np.shape(state[k]))} (expected {tuple(want[k])})"
+                 for k in want if k in state and tuple(np.shape(state[k])) != tuple(want[k])]
+    problems = [f"{label} {len(items)}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
+                for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+                if items]
     if problems:
-        raise WeightsError(f"{source} do not fit {spec.name}, nothing loaded: " + "; ".join(problems))
+        raise WeightsError(f"{what}, nothing loaded: " + "; ".join(problems))
+
+
+def check_state(spec: ResNetSpec, state: Mapping[str, np.ndarray], source: str = "weights") -> None:
+    """Raise WeightsError listing every missing, unexpected or mis-shaped tensor (all or nothing)."""
+    check_tensors(expected_shapes(spec), state, f"{source} do not fit {spec.name}")
 
 
 def save_state(state: Mapping[str, np.ndarray], path: str | Path, spec: ResNetSpec | None = None) -> Path:

@@ -45,7 +45,7 @@ from flax import nnx
 
 from resnet_multi.errors import UserError
 from resnet_multi.plan import plan
-from resnet_multi.weights import WeightsError
+from resnet_multi.weights import WeightsError, check_tensors
 
 from .model import _device, _nhwc
 from .weights import _SUFFIX, _to_flax_layout, _to_torch_layout
@@ -223,16 +223,7 @@ def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> No
     """
     want = {MOMENTUM_PREFIX + k: tuple(v) for k, v in plan(step.model.spec).param_shapes().items()}
     if state:
-        missing = [k for k in want if k not in state]
-        unexpected = [k for k in state if k not in want]
-        misshaped = [f"{k} {tuple(np.shape(state[k]))} (expected {want[k]})"
-                     for k in want if k in state and tuple(np.shape(state[k])) != want[k]]
-        problems = [f"{label} {len(items)}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
-                    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-                    if items]
-        if problems:
-            raise WeightsError(f"optimizer state does not fit {step.model.spec.name}, nothing loaded: "
-                               + "; ".join(problems))
+        check_tensors(want, state, f"optimizer state does not fit {step.model.spec.name}")
     traces = step.traces()
     if traces and set(traces) != {k[len(MOMENTUM_PREFIX):] for k in want}:  # model vs its spec: a bug here
         raise WeightsError(f"flax model of {step.model.spec.name} has parameters outside its spec")

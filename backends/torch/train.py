@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from resnet_multi.errors import UserError
 from resnet_multi.plan import plan
-from resnet_multi.weights import WeightsError
+from resnet_multi.weights import WeightsError, check_tensors
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MOMENTUM_PREFIX = "momentum."
@@ -132,16 +132,7 @@ def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> No
     if set(want) != {MOMENTUM_PREFIX + k for k in params}:  # the model disagrees with its spec: a bug here
         raise WeightsError(f"torch model of {step.model.spec.name} has parameters outside its spec")
     if state:
-        missing = [k for k in want if k not in state]
-        unexpected = [k for k in state if k not in want]
-        misshaped = [f"{k} {tuple(np.shape(state[k]))} (expected {want[k]})"
-                     for k in want if k in state and tuple(np.shape(state[k])) != want[k]]
-        problems = [f"{label} {len(items)}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
-                    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-                    if items]
-        if problems:
-            raise WeightsError(f"optimizer state does not fit {step.model.spec.name}, nothing loaded: "
-                               + "; ".join(problems))
+        check_tensors(want, state, f"optimizer state does not fit {step.model.spec.name}")
     with torch.no_grad():
         for name, param in params.items():
             if not state:
