@@ -4,13 +4,18 @@
   memory planned once (build() does it; a native model gets it here);
 - the input is placed on the device once, outside the timing, and the timing
   waits for MXNet's asynchronous engine to finish (mx.nd.waitall());
-- a training step is train.py's SGD step. Our model's training forward runs
+- a training step is train.py's SGD step (autograd.record, backward, and
+  torch.optim.SGD's update as an mx.optimizer.Optimizer behind an Updater). Our model's training forward runs
   imperatively (its BN updates running statistics by the spec's rule in the
   forward pass, which a cached MXNet 1.x graph cannot do, see model.py); the
   native Gluon model trains through its cached graph, its BN updating in the
   backward pass. The difference is part of what vs_native measures.
 - fp32 only (train.py has no mixed precision); compile=True changes nothing:
-  hybridization is MXNet's compilation and is always on.
+  hybridization is MXNet's compilation and is always on;
+- on a GPU, "peak_memory_mb" is the device memory in use after the timed runs
+  (mx.context.gpu_memory_info; MXNet's memory pool keeps its high-water mark).
+  It is device-wide, CUDA context included, so it reads higher than torch's
+  max_memory_allocated. On CPU MXNet reports nothing, and the key is absent.
 
 The benchmark leaves the model as it found it: after a training benchmark its
 parameters and running statistics are restored (the SGD steps are timed, then undone).
@@ -51,7 +56,7 @@ def benchmark(model, x, mode: str = "infer", precision: str = "fp32", repeats: i
         saved = {name: p.data(ctx).asnumpy() for name, p in model.collect_params().items()}
         labels = nd.array(np.arange(batch) % model.spec.num_classes, ctx=ctx, dtype="float32")
         step = TrainStep(model, lr=0.01, precision=precision)
-        practice.append("mx.optimizer.SGD step")
+        practice.append("autograd.record + SGD step (mx.optimizer.Updater)")
 
         def run():
             return step.run(xt, labels)
@@ -63,6 +68,12 @@ def benchmark(model, x, mode: str = "infer", precision: str = "fp32", repeats: i
                 p.set_data(nd.array(saved[name], ctx=ctx, dtype=saved[name].dtype))
             mx.nd.waitall()
     device = "cpu" if ctx.device_type == "cpu" else f"gpu:{ctx.device_id}"
+    if ctx.device_type == "gpu":
+        # MXNet reports no allocator peak; gpu_memory_info gives the device's free and total
+        # bytes. Its pooled allocator keeps what it once took, so the memory in use after the
+        # timed runs is their high-water mark (device-wide: the CUDA context included).
+        free, total = mx.context.gpu_memory_info(ctx.device_id)
+        result["peak_memory_mb"] = (total - free) / 2**20
     result.update(mode=mode, precision=precision, practice=", ".join(practice), device=device)
     return result
 

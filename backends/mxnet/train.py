@@ -1,4 +1,4 @@
-"""One training step in MXNet Gluon: mean softmax cross-entropy, MXNet's SGD optimizer.
+"""One training step in MXNet Gluon: mean softmax cross-entropy, torch.optim.SGD's update as an MXNet optimizer.
 
 The textbook Gluon loop, written once:
 
@@ -10,17 +10,21 @@ The textbook Gluon loop, written once:
 BN updates its running statistics by the spec's convention during the
 forward pass (see model.BatchNorm; training-mode calls run imperatively).
 
-The optimizer is mx.optimizer.SGD behind an mx.optimizer.Updater, which is
-what gluon.Trainer runs on one device; holding the Updater gives its
-per-parameter momentum states, which optimizer_state() exports. MXNet's SGD
-keeps the momentum pre-multiplied by the learning rate,
+The optimizer is an mx.optimizer.Optimizer behind an mx.optimizer.Updater,
+which is what gluon.Trainer runs on one device; holding the Updater gives its
+per-parameter momentum states, which optimizer_state() exports. The optimizer
+is `SGD` below, torch.optim.SGD's update written as an MXNet optimizer:
 
-    mom = momentum * mom - lr * (grad + wd * w);   w += mom
+    d = grad + wd * w;   b = momentum * b + d;   w -= lr * b     (b = d on the first step)
 
-which is torch.optim.SGD (b = momentum * b + grad + wd * w; w -= lr * b) with
-mom = -lr * b; the canonical optimizer state is torch's b (converted on the
-way out and in). Weight decay applies to every trainable parameter, BN's and
-biases included, as in torch.optim.SGD (no per-name wd_mult rules here).
+MXNet's own mx.optimizer.SGD follows the same trajectory, but keeps the
+momentum pre-multiplied by the learning rate (mom = -lr * b). The canonical
+optimizer state is torch's b, and float32 cannot carry mom to b and back
+exactly (about one value in ten comes back one ulp off, for any lr that is
+not a power of two), so a resumed run would drift from an uninterrupted one.
+Keeping b itself makes optimizer_state / load_optimizer_state exact. Weight
+decay applies to every trainable parameter, BN's and biases included, as in
+torch.optim.SGD (no per-name wd_mult rules here).
 
 Precision: fp32 only; MXNet 1.9's mixed precision (contrib.amp) is not wired in.
 """
@@ -47,6 +51,29 @@ class PrecisionUnavailable(UserError, ValueError):
     """A precision that is unknown, or that this backend cannot run."""
 
 
+class SGD(mx.optimizer.Optimizer):
+    """torch.optim.SGD as an MXNet optimizer: its state is torch's momentum buffer b (see the module doc)."""
+
+    def __init__(self, momentum: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = float(momentum)
+
+    def create_state(self, index, weight):
+        return nd.zeros(weight.shape, weight.context, dtype=weight.dtype) if self.momentum else None
+
+    def update(self, index, weight, grad, state):
+        self._update_count(index)
+        lr, wd = self._get_lr(index), self._get_wd(index)
+        d = grad * self.rescale_grad if self.rescale_grad != 1.0 else grad
+        if wd:
+            d = d + wd * weight
+        if state is not None:  # torch: buf.mul_(momentum).add_(d)
+            state *= self.momentum
+            state += d
+            d = state
+        weight -= lr * d
+
+
 class TrainStep:
     """step(x, labels) -> loss before the update; the model and the optimizer change in place."""
 
@@ -54,14 +81,15 @@ class TrainStep:
                  precision: str = "fp32"):
         if precision not in PRECISIONS:
             raise PrecisionUnavailable(f"the mxnet backend trains in fp32 only, not {precision!r}")
-        if not lr > 0:
-            raise UserError(f"lr must be > 0 (MXNet's momentum state is scaled by it), got {lr!r}")
+        if not lr >= 0:
+            raise UserError(f"lr must be >= 0, got {lr!r}")
         self.model, self.lr, self.precision = model, float(lr), precision
         # Trainable Parameters (running statistics have grad_req 'null'), by canonical name for
         # our models, by Gluon's name for any other block (bench's native ResNet).
         named = parameters(model) if isinstance(model, ResNet) else dict(model.collect_params().items())
         self.params = {name: p for name, p in named.items() if p.grad_req != "null"}
-        self.optimizer = mx.optimizer.SGD(learning_rate=lr, momentum=momentum, wd=weight_decay, rescale_grad=1.0)
+        # rescale_grad 1: the loss is already the batch mean.
+        self.optimizer = SGD(learning_rate=lr, momentum=momentum, wd=weight_decay, rescale_grad=1.0)
         self.updater = mx.optimizer.get_updater(self.optimizer)
         self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
         self.ctx = next(iter(self.params.values())).list_ctx()[0]
@@ -91,15 +119,15 @@ def make_train_step(model, lr: float = 0.01, momentum: float = 0.0, weight_decay
 
 
 def optimizer_state(step: TrainStep) -> dict[str, np.ndarray]:
-    """'momentum.<canonical name>' -> float32 torch-convention momentum buffer (b = -mom / lr).
+    """'momentum.<canonical name>' -> float32 momentum buffer b (torch.optim.SGD's).
 
     Empty with momentum 0 (SGD keeps no state) or before the first step.
     """
     out = {}
     for index, name in enumerate(step.params):
-        mom = step.updater.states.get(index)
-        if mom is not None:
-            out[MOMENTUM_PREFIX + name] = (-mom.asnumpy() / step.lr).astype(np.float32)
+        buffer = step.updater.states.get(index)
+        if buffer is not None:
+            out[MOMENTUM_PREFIX + name] = buffer.asnumpy().astype(np.float32)
     return out
 
 
@@ -124,5 +152,5 @@ def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> No
     for index, name in enumerate(step.params):
         if state:
             buffer = np.asarray(state[MOMENTUM_PREFIX + name], dtype=np.float32)
-            step.updater.states[index] = nd.array(-step.lr * buffer, ctx=step.ctx, dtype="float32")
+            step.updater.states[index] = nd.array(buffer, ctx=step.ctx, dtype="float32")
             step.updater.states_synced[index] = True
