@@ -52,7 +52,7 @@ def step_batch(input_shape, batch: int, num_classes: int, seed: int, step: int) 
 
 
 def backend_trajectory(backend: str, spec: ResNetSpec | str, state: dict[str, np.ndarray] | None, steps: int,
-                       seed: int, input_shape, batch: int = 8, lr: float = 0.01,
+                       seed: int, input_shape, batch: int = 8, lr: float = GOLDEN["lr"],
                        device: str = "cpu") -> dict[str, Any]:
     """Losses of ``steps`` plain-SGD steps (no momentum, no weight decay), and weight fingerprints after."""
     spec = resolve(spec)
