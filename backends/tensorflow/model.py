@@ -97,13 +97,16 @@ class BatchNorm(layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not (training and self.trainable and self.unbiased_running_var) or mask is not None:
             return super().call(inputs, training=training, mask=mask)
+        # Statistics in float32 whatever the compute dtype, as Keras's own BN does under mixed precision.
+        inputs = ops.cast(inputs, "float32")
         mean, variance = ops.moments(inputs, axes=[0, 1, 2])  # NHWC: every axis but the channels
         count = ops.cast(ops.size(inputs) // inputs.shape[self.axis], inputs.dtype)
         unbiased = variance * count / ops.maximum(count - 1.0, 1.0)  # n = 1 would divide by zero
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(self.moving_variance * self.momentum + unbiased * (1.0 - self.momentum))
-        return ops.batch_normalization(inputs, mean, variance, axis=self.axis, offset=self.beta,
-                                       scale=self.gamma, epsilon=self.epsilon)
+        outputs = ops.batch_normalization(inputs, mean, variance, axis=self.axis, offset=self.beta,
+                                          scale=self.gamma, epsilon=self.epsilon)
+        return ops.cast(outputs, self.compute_dtype)
 
     def get_config(self):
         return {**super().get_config(), "unbiased_running_var": self.unbiased_running_var}

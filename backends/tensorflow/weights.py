@@ -86,8 +86,10 @@ def from_canonical(model: keras.Model, state: Mapping[str, np.ndarray]) -> None:
 # -- native files (resnet-multi convert) ----------------------------------------------------
 #
 # 'keras': our model's .weights.h5, as model.save_weights writes it. Keras 3 keys
-# that file by layer type and position (layers/conv2d_3/vars/0), not by name, so a
-# file is checked whole on reading: every variable present and filled, none left over.
+# that file by layer type and position (layers/conv2d_3/vars/0) and loads it so, but
+# stores each layer's name beside its variables: a file is first checked whole by
+# those names (_check_layout: every missing, unexpected or mis-shaped tensor listed in
+# canonical names), then loaded by Keras, then checked again: every variable filled.
 # 'keras-applications': keras.applications ResNet50/101/152 and V2 (their own layer
 # names, mapped by resnet_multi.interop): .weights.h5, or the legacy .h5 they ship.
 
@@ -101,6 +103,7 @@ def read_file(path: str | Path, spec, fmt: str) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
     if fmt == "keras":
+        _check_layout(path, spec, lambda name: name)  # our layers carry the canonical names
         model = _our_model(spec)
         for variable in model.weights:  # a variable the file does not fill stays NaN
             variable.assign(np.full(variable.shape, np.nan, dtype=np.float32))
@@ -116,6 +119,8 @@ def read_file(path: str | Path, spec, fmt: str) -> dict[str, np.ndarray]:
     elif fmt == "keras-applications":
         from resnet_multi.interop import canonical_from_keras, keras_applications_layer, modules
 
+        _application_name(spec)
+        _check_layout(path, spec, keras_applications_layer)
         app = _application(spec)
         _load(app, path, spec)
         state = {}
@@ -159,10 +164,14 @@ def _our_model(spec) -> keras.Model:
     return build(spec, device="cpu")
 
 
-def _application(spec) -> keras.Model:
+def _application_name(spec) -> str:
     if spec.name not in _APPLICATIONS:
         raise WeightsError(f"keras.applications has no {spec.name}; it has {', '.join(_APPLICATIONS)}")
-    constructor = getattr(keras.applications, _APPLICATIONS[spec.name])
+    return _APPLICATIONS[spec.name]
+
+
+def _application(spec) -> keras.Model:
+    constructor = getattr(keras.applications, _application_name(spec))
     return constructor(weights=None, classes=spec.num_classes, input_shape=(224, 224, spec.in_channels))
 
 
@@ -188,3 +197,91 @@ def _dataset_count(path: Path) -> int:
     with h5py.File(path, "r") as f:
         f.visititems(visit)
     return count
+
+
+# -- checking a file whole before loading it ---------------------------------------------------
+#
+# Keras's load_weights stops at the first layer that does not fit and names it by its
+# position. Both Keras weights files name their layers, though: a Keras 3 .weights.h5
+# stores each layer's name on its "vars" group, the legacy .h5 lists "layer_names" and
+# each layer's "weight_names". So the file's tensors are first mapped to canonical names
+# (by shape only, nothing read) and checked with check_state: every missing, unexpected
+# or mis-shaped tensor is listed, and nothing is loaded.
+
+
+def _stored_shapes(path: Path, spec) -> dict[str, dict[int, tuple[int, ...]]] | None:
+    """Layer name -> {variable index in Keras order: stored shape}; None if the file names no layers."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            root = f["model_weights"] if "model_weights" in f else f  # a legacy whole-model .h5
+            if "layer_names" in root.attrs:  # legacy: keras.applications' downloads, Keras 2 save_weights
+                out = {}
+                for raw in root.attrs["layer_names"]:
+                    name = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    names = [w.decode() if isinstance(w, bytes) else str(w)
+                             for w in root[name].attrs.get("weight_names", [])]
+                    out[name] = {i: tuple(root[name][w].shape) for i, w in enumerate(names)}
+                return out
+            out = {}
+
+            def visit(key, obj):
+                if isinstance(obj, h5py.Group) and key.rsplit("/", 1)[-1] == "vars" and "name" in obj.attrs:
+                    out[str(obj.attrs["name"])] = {int(k) if k.isdigit() else k: tuple(obj[k].shape) for k in obj
+                                                   if isinstance(obj[k], h5py.Dataset)}
+
+            f.visititems(visit)
+            return out or None
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise WeightsError(f"{path}: not a readable Keras weights file of {spec.name} ({first}); "
+                           f"nothing loaded") from None
+
+
+def _canonical_shape(module, index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A stored Keras variable's shape in canonical (PyTorch) layout; a kernel of the wrong rank as it is."""
+    from resnet_multi.plan import Conv, Linear
+
+    if index == 0 and isinstance(module, Conv) and len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    if index == 0 and isinstance(module, Linear) and len(shape) == 2:
+        return (shape[1], shape[0])
+    return shape
+
+
+def _canonical_names(module) -> list[str]:
+    """A module's canonical tensor names in its Keras layer's variable order (get_weights())."""
+    from resnet_multi.plan import Conv, Norm
+
+    if isinstance(module, Conv):
+        keys = ["weight"] + (["bias"] if module.bias else [])
+    elif isinstance(module, Norm):
+        keys = (["weight", "bias"] if module.affine else []) + ["running_mean", "running_var"]
+    else:
+        keys = ["weight", "bias"]
+    return [f"{module.name}.{k}" for k in keys]
+
+
+def _check_layout(path: Path, spec, layer_name) -> None:
+    """Refuse the file whole unless its tensors, mapped to canonical names, fit the spec exactly."""
+    from resnet_multi.interop import modules
+
+    stored = _stored_shapes(path, spec)
+    if stored is None:  # a file that does not name its layers: load_weights judges it
+        return
+    seen: dict[str, np.ndarray] = {}
+    placeholder = lambda shape: np.broadcast_to(np.float32(0), shape)  # noqa: E731 (a shape, no memory)
+    known = set()
+    for module in modules(spec):
+        layer = layer_name(module.name)
+        known.add(layer)
+        names = _canonical_names(module)
+        for i, shape in stored.get(layer, {}).items():
+            key = names[i] if isinstance(i, int) and i < len(names) else f"{layer}/vars/{i}"
+            seen[key] = placeholder(_canonical_shape(module, i, shape))
+    for layer, shapes in stored.items():
+        if layer not in known:
+            for i, shape in shapes.items():
+                seen[f"{layer}/vars/{i}"] = placeholder(shape)
+    check_state(spec, seen, source=str(path))

@@ -1,0 +1,106 @@
+"""Timed inference and training steps with TensorFlow's own best practice.
+
+- XLA: the forward pass and the whole SGD step are tf.function(jit_compile=True),
+  compiled once for the batch's shape (in the warm-up), then run as one fused
+  program per call;
+- channels_last (NHWC), TensorFlow's native layout, for the model and the input
+  (the model is NHWC throughout; the NCHW batch is transposed once, outside the timing);
+- inference with training=False (BN uses its moving statistics, nothing recorded);
+- bf16 / fp16: Keras's mixed-precision policies ('mixed_bfloat16', 'mixed_float16';
+  variables stay fp32), fp16 training with keras.optimizers.LossScaleOptimizer (train.py);
+- on GPU: tf.test.experimental.sync_devices() before a timing stops, and the peak
+  memory from tf.config.experimental.get_memory_info. TF32 stays off (model.py).
+
+``compile`` is accepted for the common signature: TensorFlow's best practice
+is XLA, so it is always on here.
+
+The benchmark leaves the model as it found it: after a training benchmark its
+weights and moving statistics are restored (the SGD steps are timed, then undone).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from resnet_multi.timing import time_callable
+
+from .model import device_of, resolve_device
+from .train import TrainStep, dtype_policy, layer_policy
+
+MODES = ("infer", "train")
+
+
+def _sync(device: str):
+    if device.startswith("GPU"):
+        return lambda _: tf.test.experimental.sync_devices()  # GPU kernels run asynchronously
+    return lambda _: None  # a CPU tf.function call returns when its work is done
+
+
+def benchmark(model: keras.Model, x, mode: str = "infer", precision: str = "fp32", repeats: int = 5,
+              warmup: int = 2, compile: bool = False) -> dict[str, Any]:
+    """Time `repeats` forward passes (mode 'infer') or SGD steps (mode 'train') on the batch x (NCHW numpy)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    policy = dtype_policy(precision)
+    device = device_of(model)
+    gpu = device.startswith("GPU")
+    x_np = np.ascontiguousarray(np.asarray(x, dtype=np.float32).transpose(0, 2, 3, 1))  # NCHW -> NHWC
+    batch = x_np.shape[0]
+
+    practice = ["XLA (tf.function jit_compile=True)", "NHWC"]
+    practice.append("training=False" if mode == "infer" else "GradientTape SGD step")
+    if policy is not None:
+        practice.append(f"keras policy {policy}" + ("+LossScaleOptimizer" if mode == "train" and precision == "fp16"
+                                                     else ""))
+
+    # A copy on the host, so that it does not count in the device's peak memory.
+    saved = [v.numpy() for v in model.weights] if mode == "train" else None
+    try:
+        with tf.device(device):
+            # The input goes to the device once, outside the timing.
+            xt = tf.constant(x_np)
+            if mode == "infer":
+                forward = tf.function(lambda images: model(images, training=False), jit_compile=True)
+
+                def run():
+                    with layer_policy(model, policy):  # read while the function traces (the warm-up)
+                        return forward(xt)
+            else:
+                labels = tf.constant(np.arange(batch, dtype=np.int64) % model.output_shape[-1])
+                step = TrainStep(model, lr=0.01, precision=precision, jit_compile=True)
+
+                def run():
+                    return step.run(xt, labels)
+
+        if gpu:
+            tf.test.experimental.sync_devices()
+            tf.config.experimental.reset_memory_stats(device)
+        result = time_callable(run, _sync(device), batch, repeats=repeats, warmup=warmup)
+        if gpu:
+            result["peak_memory_mb"] = tf.config.experimental.get_memory_info(device)["peak"] / 2**20
+    finally:
+        if saved is not None:
+            for variable, value in zip(model.weights, saved):
+                variable.assign(value)
+    result.update(mode=mode, precision=precision, practice=", ".join(practice), device=device)
+    return result
+
+
+# -- the framework's own ResNet-50, for benchmarks/vs_native.py ------------------------------
+
+NATIVE = "keras.applications.ResNet50"
+NATIVE_PRESET = "resnet50_v1"
+
+
+def benchmark_native(x, mode: str = "infer", precision: str = "fp32", repeats: int = 5, device: str = "cpu",
+                     num_classes: int = 1000, compile: bool = False) -> dict[str, Any]:
+    """keras.applications.ResNet50 (random init, logits out), timed by exactly the same code path as ours."""
+    size = tuple(np.shape(x)[2:]) + (np.shape(x)[1],)  # NCHW batch -> the (H, W, C) input shape
+    with tf.device(resolve_device(device)):
+        model = keras.applications.ResNet50(weights=None, input_shape=size, classes=num_classes,
+                                            classifier_activation=None)  # logits, as our models return
+    return benchmark(model, x, mode=mode, precision=precision, repeats=repeats, compile=compile)
