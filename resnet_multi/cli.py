@@ -136,6 +136,36 @@ def format_train(report: dict[str, Any]) -> str:
             f"metrics {report['metrics']}\nplot {report['plot']}")
 
 
+def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from .measure import default_input_shape
+
+    spec = presets.resolve(args.model)
+    shape = args.input_shape or default_input_shape(spec)
+    from .shapes import layer_table
+
+    layer_table(spec, shape)  # a bad shape is a clear error before any framework work
+    module = registry.load(args.backend)
+    bench = registry.load(args.backend, "bench")
+    model = module.build(spec, device=args.device)
+    x = np.random.default_rng(0).standard_normal((args.batch_size, *shape)).astype(np.float32)
+    result = bench.benchmark(model, x, mode=args.mode, precision=args.precision, repeats=args.repeats,
+                             warmup=args.warmup, compile=args.compile)
+    return {"name": spec.name, "backend": args.backend, "device": module.device_of(model),
+            "framework_version": module.framework_version(), "input_shape": list(shape), **result}
+
+
+def format_bench(report: dict[str, Any]) -> str:
+    mem = f", peak memory {report['peak_memory_mb']:.0f} MB" if report.get("peak_memory_mb") else ""
+    return (f"{report['name']} on {report['backend']} {report['framework_version']} ({report['device']}), "
+            f"{report['mode']}, batch {report['batch']}x{'x'.join(map(str, report['input_shape']))}, "
+            f"{report['precision']}\n"
+            f"median {report['median_s'] * 1e3:.1f} ms (min {report['min_s'] * 1e3:.1f}, max "
+            f"{report['max_s'] * 1e3:.1f}, {report['repeats']} repeats after {report['warmup']} warm-up): "
+            f"{report['images_per_s']:.1f} images/s{mem}\npractice: {report.get('practice', '')}")
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "list": (cmd_list, format_list),
     "summary": (cmd_summary, format_layer_table),
@@ -143,6 +173,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "compare": (cmd_compare, format_compare),
     "convert": (cmd_convert, format_convert),
     "train": (cmd_train, format_train),
+    "bench": (cmd_bench, format_bench),
 }
 
 
@@ -223,6 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="dst_format", choices=list(FORMATS), help="DST's format (default: from its name)")
     p.add_argument("--python", action="append", default=[], metavar="BACKEND=PATH",
                    help="the interpreter of a backend's environment (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("bench", help="time inference or a training step with the framework's best practice",
+                       description="Time one backend: warm-up excluded, median and spread of several repeats, "
+                                   "images/s. Practice per framework: torch channels_last (+ torch.compile with "
+                                   "--compile), TensorFlow XLA, JAX jit with donated buffers, MXNet hybridize "
+                                   "with static_alloc/static_shape.")
+    p.add_argument("model", metavar="NAME_OR_SPEC_FILE")
+    p.add_argument("--backend", type=backend_arg, required=True, metavar="NAME")
+    p.add_argument("--mode", choices=("infer", "train"), default="infer")
+    p.add_argument("--batch-size", type=positive_int, default=16, metavar="N")
+    p.add_argument("--input-shape", type=input_shape_arg, metavar="C,H,W", help="input size (default as summary)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    p.add_argument("--repeats", type=positive_int, default=5, metavar="N")
+    p.add_argument("--warmup", type=positive_int, default=2, metavar="N")
+    p.add_argument("--compile", action="store_true", help="torch.compile (torch; others compile anyway)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("train", help="train in one backend (the book's recipe by default)",

@@ -1,0 +1,56 @@
+"""The user-facing commands and the weights API, run against each backend."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+import resnet_multi
+from resnet_multi.parity import seeded_input
+from resnet_multi.shapes import layer_table
+from resnet_multi.weights import init_weights, save_state
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "resnet_multi", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_summary_parity_and_bench_commands(backend, backend_module):
+    out = cli("summary", "resnet50", "--backend", backend, "--input-shape", "3,64,64", "--device", "cpu", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    measured = json.loads(out.stdout)
+    analytic = layer_table(resnet_multi.get_spec("resnet50"), (3, 64, 64)).to_dict()
+    assert measured["backend"] == backend and measured["layers"] == analytic["layers"]
+
+    out = cli("parity", "resnet20", "--backend", backend, "--input-shape", "3,19,23", "--device", "cpu", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["ok"] and report["max_abs_diff"] <= report["tolerance"]
+
+    out = cli("bench", "resnet20", "--backend", backend, "--mode", "train", "--batch-size", "2", "--repeats", "1",
+              "--device", "cpu", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    timing = json.loads(out.stdout)
+    assert timing["mode"] == "train" and timing["images_per_s"] > 0 and timing["median_s"] > 0
+
+
+def test_save_and_load_weights_through_the_canonical_file(backend, backend_module, tmp_path):
+    spec = resnet_multi.get_spec("gluon_resnet18_v2")  # input BN, pre-activation: every kind of tensor
+    state = init_weights(spec, 9, perturb_bn=True)
+    source = save_state(state, tmp_path / "in.safetensors", spec)
+    model = resnet_multi.build(spec, backend=backend, device="cpu")
+    resnet_multi.load_weights(model, source)
+    assert resnet_multi.backend_of(model) == backend
+    resnet_multi.save_weights(model, tmp_path / "out.safetensors")
+    other = resnet_multi.build(spec, backend=backend, device="cpu", )
+    resnet_multi.load_weights(other, tmp_path / "out.safetensors")
+    x = seeded_input((3, 33, 35), 2, 0)
+    np.testing.assert_array_equal(backend_module.forward(model, x), backend_module.forward(other, x))
+    from resnet_multi.weights import load_state
+
+    back = load_state(tmp_path / "out.safetensors", spec)
+    assert all(np.array_equal(back[k], state[k]) for k in state)
