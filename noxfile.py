@@ -1,6 +1,6 @@
 """One environment per framework: MXNet (numpy<1.24) and JAX (numpy>=2) never share one.
 
-    nox                 # every test session: core, torch, tensorflow, flax, mxnet
+    nox                 # every test session: core, torch, tensorflow, flax, mxnet, interop
     nox -s torch -- -x  # one backend; arguments after -- go to pytest
 """
 
@@ -10,7 +10,7 @@ import sys
 
 import nox
 
-nox.options.sessions = ["core", "torch", "tensorflow", "flax", "mxnet"]
+nox.options.sessions = ["core", "torch", "tensorflow", "flax", "mxnet", "interop"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "virtualenv"
 
@@ -50,6 +50,14 @@ def _backend_session(backend: str):
 
 for _name in BACKENDS:
     nox.session(python=PYTHON, name=_name)(_backend_session(_name))
+
+
+@nox.session(python=PYTHON)
+def interop(session: nox.Session) -> None:
+    """torchvision, keras.applications and Gluon model-zoo checkpoints, each run in all four backends."""
+    session.run(sys.executable, "-m", "nox", "-s", *BACKENDS, "--install-only", external=True)
+    session.install("-e", ".")
+    session.run("python", "tests/cross_env/run.py", session.create_tmp())
 
 
 @nox.session(python=PYTHON)
