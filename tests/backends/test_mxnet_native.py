@@ -7,7 +7,6 @@ MXNet is imported inside the tests, never at module level.
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -15,8 +14,9 @@ import pytest
 from resnet_multi import presets, reference, registry
 from resnet_multi.convert import convert
 from resnet_multi.errors import UserError
-from resnet_multi.spec import Stage
 from resnet_multi.weights import WeightsError, init_weights, load_state, save_state
+
+from .native_helpers import batch as _batch, cross_entropy as _cross_entropy, tiny as _tiny, tol as _tol
 
 ZOO = ["resnet18_v1", "resnet50_v1", "resnet18_v2", "resnet50_v2"]  # gluon.model_zoo.vision builders
 ODD_SIZE = (3, 45, 51)  # odd sides exercise every padding; small, so that ResNet-50 stays cheap
@@ -26,32 +26,6 @@ RTOL = 1e-4  # logits within RTOL * max(1, max |logits|), as the parity suite
 def _only_mxnet(backend):
     if backend != "mxnet":
         pytest.skip("mxnet-only test")
-
-
-def _tol(logits) -> float:
-    return RTOL * max(1.0, float(np.abs(logits).max()))
-
-
-def _tiny(name: str):
-    """A preset's every choice (block, shortcut, BN convention, stem) with two small stages."""
-    spec = presets.get(name)
-    if spec.block == "bottleneck":
-        stages = (Stage(1, 32, 1, 2, 8), Stage(1, 64, 2, 2, 8))
-    else:
-        stages = (Stage(1, 8, 1), Stage(2, 16, 2))
-    return dataclasses.replace(spec, name=f"tiny_{name}", stages=stages, num_classes=5,
-                               stem=dataclasses.replace(spec.stem, channels=8))
-
-
-def _cross_entropy(logits, labels) -> float:
-    z = logits - logits.max(axis=1, keepdims=True)
-    return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels]))
-
-
-def _batch(spec, n=4, size=(9, 11), seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, spec.in_channels, *size)).astype(np.float32)
-    return x, (np.arange(n) % spec.num_classes).astype(np.int64)
 
 
 def _weights():
