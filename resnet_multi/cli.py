@@ -177,70 +177,91 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
+DEVICES = ("auto", "cpu", "gpu")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="NAME_OR_SPEC_FILE", help="a preset name or a .json/.toml spec file")
+
+
+def _add_backend(p: argparse.ArgumentParser, required: bool = True, help: str | None = None) -> None:
+    p.add_argument("--backend", type=backend_arg, required=required, metavar="NAME",
+                   help=help or f"one of {', '.join(registry.names())}")
+
+
+def _add_input_shape(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", type=input_shape_arg, metavar="C,H,W",
+                   help="input size (default: 96x96 for the book's nets, 32x32 CIFAR, 224x224 ImageNet)")
+
+
+def _add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    p.add_argument("--device", default=default, choices=DEVICES, help=f"default {default}")
+
+
+def _add_python(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--python", action="append", default=[], metavar="BACKEND=PATH",
+                   help="the interpreter of a backend's environment (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="resnet-multi", description=(
         "One ResNet/ResNeXt spec lowered to PyTorch, TensorFlow (Keras 3), Flax (NNX) and MXNet (Gluon)."))
     parser.add_argument("--version", action="version", version=f"resnet-multi {__import__('resnet_multi').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    with_json = argparse.ArgumentParser(add_help=False)
+    with_json.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = sub.add_parser("list", help="list the preset zoo", description="List the preset zoo.")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = sub.add_parser("list", parents=[with_json], help="list the preset zoo", description="List the preset zoo.")
 
-    p = sub.add_parser("summary", help="per-layer table: shapes, params, buffers, MACs",
+    p = sub.add_parser("summary", parents=[with_json], help="per-layer table: shapes, params, buffers, MACs",
                        description="Per-layer table of a preset or spec file: output shape (C,H,W), "
                                    "trainable params, BN buffers, MACs. Analytic by default; with "
                                    "--backend, measured on that framework's real model.")
-    p.add_argument("model", metavar="NAME_OR_SPEC_FILE", help="a preset name or a .json/.toml spec file")
-    p.add_argument("--input-shape", type=input_shape_arg, metavar="C,H,W",
-                   help="input size (default: 96x96 for the book's nets, 32x32 CIFAR, 224x224 ImageNet)")
-    p.add_argument("--backend", type=backend_arg, metavar="NAME",
-                   help=f"measure on a real model: {', '.join(registry.names())}")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"), help="with --backend (default auto)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_model(p)
+    _add_input_shape(p)
+    _add_backend(p, required=False, help=f"measure on a real model: {', '.join(registry.names())}")
+    _add_device(p)
 
-    p = sub.add_parser("parity", help="one backend against the NumPy reference, layer by layer",
+    p = sub.add_parser("parity", parents=[with_json], help="one backend against the NumPy reference, layer by layer",
                        description="Run a backend and the NumPy float64 reference on the same seeded weights "
                                    "(random BN statistics) and input; report each layer's max abs and relative "
                                    "difference and whether the logits are within 1e-4 x max(1, max|ref|). "
                                    "Exits 1 when they are not.")
-    p.add_argument("model", metavar="NAME_OR_SPEC_FILE", help="a preset name or a .json/.toml spec file")
-    p.add_argument("--backend", type=backend_arg, required=True, metavar="NAME",
-                   help=f"one of {', '.join(registry.names())}")
-    p.add_argument("--input-shape", type=input_shape_arg, metavar="C,H,W", help="input size (default as summary)")
+    _add_model(p)
+    _add_backend(p)
+    _add_input_shape(p)
     p.add_argument("--batch-size", type=positive_int, default=2, metavar="N", help="batch size (default 2)")
     p.add_argument("--seed", type=int, default=0, help="weights and input seed (default 0)")
     p.add_argument("--mode", choices=("eval", "train"), default="eval",
                    help="eval: running statistics; train: batch statistics and their update (default eval)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"), help="default auto")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_device(p)
 
-    p = sub.add_parser("compare", help="every backend side by side, each in its own environment",
+    p = sub.add_parser("compare", parents=[with_json], help="every backend side by side, each in its own environment",
                        description="Run each backend in its own interpreter (MXNet and JAX cannot share one) on "
                                    "one seeded weights file and input; report layer shapes and params, parity "
                                    "with the NumPy reference, speed, and environments side by side. "
                                    "Interpreters: --python B=PATH, RESNET_MULTI_PYTHON_<B>, .nox/<B>/bin/python, "
                                    "or this one.")
-    p.add_argument("model", metavar="NAME_OR_SPEC_FILE", help="a preset name or a .json/.toml spec file")
+    _add_model(p)
     p.add_argument("--backends", default=",".join(registry.names()), metavar="LIST",
                    help=f"comma-separated (default {','.join(registry.names())})")
-    p.add_argument("--input-shape", type=input_shape_arg, metavar="C,H,W", help="input size (default as summary)")
+    _add_input_shape(p)
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="default 8")
     p.add_argument("--seed", type=int, default=0, help="weights and input seed (default 0)")
-    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "gpu"), help="default cpu")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="timing precision")
+    _add_device(p, default="cpu")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="timing precision")
     p.add_argument("--repeats", type=positive_int, default=5, metavar="N", help="timed repeats (default 5)")
     p.add_argument("--train-steps", type=int, default=0, metavar="N",
                    help="also show the loss of the first N plain-SGD steps per backend")
-    p.add_argument("--python", action="append", default=[], metavar="BACKEND=PATH",
-                   help="the interpreter of a backend's environment (repeatable)")
+    _add_python(p)
     p.add_argument("--plot", metavar="FILE.png", help="write a chart: speed per backend, parity per layer")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
 
     from .convert import FORMATS
 
-    p = sub.add_parser("convert", help="convert weights between the canonical file and framework formats",
+    p = sub.add_parser("convert", parents=[with_json], help="convert weights between the canonical file and framework formats",
                        description="Convert weights: canonical .safetensors, torch/torchvision/timm .pth, Keras "
                                    ".weights.h5 (ours or keras.applications), Flax .msgpack, Gluon .params (ours "
                                    "or the model zoo). A file that does not fit the architecture is refused "
@@ -252,34 +273,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the architecture (optional when SRC is a canonical file that names it)")
     p.add_argument("--from", dest="src_format", choices=list(FORMATS), help="SRC's format (default: from its name)")
     p.add_argument("--to", dest="dst_format", choices=list(FORMATS), help="DST's format (default: from its name)")
-    p.add_argument("--python", action="append", default=[], metavar="BACKEND=PATH",
-                   help="the interpreter of a backend's environment (repeatable)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_python(p)
 
-    p = sub.add_parser("bench", help="time inference or a training step with the framework's best practice",
+    p = sub.add_parser("bench", parents=[with_json], help="time inference or a training step with the framework's best practice",
                        description="Time one backend: warm-up excluded, median and spread of several repeats, "
                                    "images/s. Practice per framework: torch channels_last (+ torch.compile with "
                                    "--compile), TensorFlow XLA, JAX jit with donated buffers, MXNet hybridize "
                                    "with static_alloc/static_shape.")
-    p.add_argument("model", metavar="NAME_OR_SPEC_FILE")
-    p.add_argument("--backend", type=backend_arg, required=True, metavar="NAME")
+    _add_model(p)
+    _add_backend(p)
     p.add_argument("--mode", choices=("infer", "train"), default="infer")
     p.add_argument("--batch-size", type=positive_int, default=16, metavar="N")
-    p.add_argument("--input-shape", type=input_shape_arg, metavar="C,H,W", help="input size (default as summary)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    _add_input_shape(p)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    _add_device(p)
     p.add_argument("--repeats", type=positive_int, default=5, metavar="N")
     p.add_argument("--warmup", type=positive_int, default=2, metavar="N")
     p.add_argument("--compile", action="store_true", help="torch.compile (torch; others compile anyway)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = sub.add_parser("train", help="train in one backend (the book's recipe by default)",
+    p = sub.add_parser("train", parents=[with_json], help="train in one backend (the book's recipe by default)",
                        description="Train a preset or spec in one backend: the book's defaults (Fashion-MNIST "
                                    "96x96, batch 128, SGD lr 0.01, 10 epochs). Writes checkpoint.safetensors "
                                    "(weights + optimizer state), metrics.json and curves.png into --out after "
                                    "every epoch; --resume continues from there exactly.")
-    p.add_argument("model", metavar="NAME_OR_SPEC_FILE")
-    p.add_argument("--backend", type=backend_arg, required=True, metavar="NAME")
+    _add_model(p)
+    _add_backend(p)
     p.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "digits"),
                    help="fashion-mnist (downloaded and checked, or --data-dir) or digits (embedded, no network)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the Fashion-MNIST IDX .gz files")
@@ -289,12 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.0)
     p.add_argument("--resize", type=positive_int, default=96, help="image side (default 96, the book's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    _add_device(p)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/NAME-BACKEND)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 

@@ -33,7 +33,7 @@ from .compare import find_python, project_root
 from .errors import UserError
 from .presets import resolve
 from .spec import ResNetSpec, spec_from_dict
-from .weights import file_spec, load_state, save_state
+from .weights import expected_shapes, file_spec, load_state, save_state
 
 # format -> backend that reads and writes it (None: the core)
 FORMATS: dict[str, str | None] = {
@@ -92,13 +92,7 @@ def convert(src: str | Path, dst: str | Path, arch: str | ResNetSpec | None = No
         else:
             _step("write", dst_format, spec, middle, dst, python or {})
     return {"source": str(src), "source_format": src_format, "destination": str(dst),
-            "destination_format": dst_format, "arch": spec.name, "tensors": len(load_state_names(spec))}
-
-
-def load_state_names(spec: ResNetSpec) -> list[str]:
-    from .weights import expected_shapes
-
-    return list(expected_shapes(spec))
+            "destination_format": dst_format, "arch": spec.name, "tensors": len(expected_shapes(spec))}
 
 
 def _step(direction: str, fmt: str, spec: ResNetSpec, src: Path, dst: Path, python: dict[str, str]) -> None:

@@ -19,7 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import UserError
-from .plan import Conv, Linear, Norm, plan
+from .plan import Conv, Norm, plan
 from .spec import ResNetSpec
 
 _BLOCK_RE = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
@@ -160,4 +160,4 @@ def to_gluon_zoo(spec: ResNetSpec, state: Mapping[str, np.ndarray]) -> dict[str,
 
 
 __all__ = ["from_torchvision", "keras_applications_layer", "keras_variables", "canonical_from_keras",
-           "gluon_zoo_names", "from_gluon_zoo", "to_gluon_zoo", "modules", "Linear"]
+           "gluon_zoo_names", "from_gluon_zoo", "to_gluon_zoo", "modules"]
