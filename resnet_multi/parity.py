@@ -37,6 +37,14 @@ def compare_activations(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray])
     return rows
 
 
+def logits_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last row (the logits) against the bar: max |diff| <= RTOL * max(1, max |ref|)."""
+    logits = rows[-1]
+    tolerance = RTOL * max(1.0, logits["ref_max_abs"])
+    return {"max_abs_diff": logits["max_abs_diff"], "ref_max_abs": logits["ref_max_abs"], "tolerance": tolerance,
+            "ok": logits["max_abs_diff"] is not None and logits["max_abs_diff"] <= tolerance}
+
+
 def parity_report(spec: ResNetSpec | str, backend: str, input_shape=None, seed: int = 0, mode: str = "eval",
                   batch: int = 2, device: str = "auto") -> dict[str, Any]:
     """Run the backend and the reference on the same seeded weights and input.
@@ -62,16 +70,16 @@ def parity_report(spec: ResNetSpec | str, backend: str, input_shape=None, seed: 
     ours = module.activations(model, x, train=train)
     ref, ref_state = reference.run(spec, state, x, train=train)
     layers = compare_activations(ours, ref)
-    logits = layers[-1]
-    tolerance = RTOL * max(1.0, logits["ref_max_abs"])
+    verdict = logits_verdict(layers)
     report: dict[str, Any] = {
         "backend": registry.canonical_name(backend), "name": spec.name, "mode": mode,
         "input_shape": list(input_shape), "batch": batch, "seed": seed, "device": module.device_of(model),
         "framework_version": module.framework_version(),
-        "max_abs_diff": logits["max_abs_diff"], "ref_max_abs": logits["ref_max_abs"], "tolerance": tolerance,
+        "max_abs_diff": verdict["max_abs_diff"], "ref_max_abs": verdict["ref_max_abs"],
+        "tolerance": verdict["tolerance"],
         "layers": layers,
     }
-    ok = logits["max_abs_diff"] is not None and logits["max_abs_diff"] <= tolerance
+    ok = verdict["ok"]
     if train:
         after = native_weights.to_canonical(model)
         stats = [k for k in ref_state if k.endswith(("running_mean", "running_var"))]
