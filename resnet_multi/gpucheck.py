@@ -25,16 +25,7 @@ from .measure import first_difference, measured_table
 from .parity import parity_report
 from .presets import get
 from .shapes import layer_table
-
-
-def _time(fn, repeats: int) -> dict[str, float]:
-    fn()  # warm-up: compilation, autotuning, allocation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"median_s": float(np.median(times)), "min_s": float(np.min(times)), "max_s": float(np.max(times))}
+from .timing import time_callable
 
 
 def check_backend(backend: str, device: str, batch: int, size: int, repeats: int,
@@ -67,8 +58,7 @@ def check_backend(backend: str, device: str, batch: int, size: int, repeats: int
                 if bench is not None:  # the backend's best practice (channels_last, jit, ...)
                     timing = bench.benchmark(model, x, mode=mode, precision=precision, repeats=repeats)
                 elif mode == "infer" and precision == "fp32":
-                    timing = _time(lambda: module.forward(model, x), repeats)
-                    timing["images_per_s"] = batch / timing["median_s"]
+                    timing = time_callable(lambda: module.forward(model, x), lambda _: None, batch, repeats)
                 else:
                     continue
             except Exception as exc:  # one precision unsupported: say so, keep going
