@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resnet_multi import registry  # noqa: E402
-from resnet_multi.presets import get  # noqa: E402
+from resnet_multi.arch.presets import get  # noqa: E402
 
 
 def main(argv=None) -> int:

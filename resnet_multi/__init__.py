@@ -5,26 +5,30 @@ functions that compute). Backends load on first use:
 
     >>> import resnet_multi
     >>> spec = resnet_multi.get_spec("d2l_resnet18")
-    >>> resnet_multi.layer_table(spec, (1, 96, 96)).total_params
+    >>> resnet_multi.layer_table(spec, spec.input_shape).total_params
     11178378
     >>> model = resnet_multi.build("resnet50", backend="flax")   # doctest: +SKIP
+    >>> resnet_multi.backend("flax").forward(model, x)              # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from . import presets, registry
-from .errors import BackendUnavailable, DeviceUnavailable, SpecError, UserError
-from .plan import plan
-from .presets import register, resolve
-from .shapes import layer_table
-from .spec import BatchNorm, ResNetSpec, Stage, Stem, load_spec, save_spec
+from resnet_multi import faces
+from resnet_multi.arch import presets
+from resnet_multi.arch.plan import plan
+from resnet_multi.arch.presets import register, resolve
+from resnet_multi.arch.shapes import layer_table
+from resnet_multi.arch.spec import BatchNorm, ResNetSpec, Stage, Stem, load_spec, save_spec
+from resnet_multi.errors import BackendUnavailable, DeviceUnavailable, PrecisionUnavailable, SpecError, UserError
+from resnet_multi.faces import BackendFace, backend
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendUnavailable", "BatchNorm", "DeviceUnavailable", "ResNetSpec", "SpecError", "Stage", "Stem",
-    "UserError", "backend_names", "build", "get_spec", "layer_table", "list_presets", "load_spec", "plan",
-    "register", "resolve", "save_spec", "save_weights", "load_weights", "backend_of",
+    "BackendFace", "BackendUnavailable", "BatchNorm", "DeviceUnavailable", "PrecisionUnavailable", "ResNetSpec",
+    "SpecError", "Stage", "Stem", "UserError", "backend", "backend_names", "backend_of", "build", "get_spec",
+    "layer_table", "list_presets", "load_spec", "load_weights", "plan", "register", "resolve", "save_spec",
+    "save_weights",
 ]
 
 
@@ -38,14 +42,17 @@ def list_presets() -> list[str]:
 
 
 def backend_names() -> list[str]:
-    """Every backend name (installed or not); see registry.available()."""
-    return registry.names()
+    """Every backend name (installed or not); see resnet_multi.faces.available()."""
+    return faces.names()
 
 
-def build(name_or_spec, backend: str = "torch", device: str = "auto"):
-    """The native model of `backend` (torch, tensorflow, flax, mxnet) for a preset, file or spec."""
+def build(name_or_spec, backend: str = "torch", device: str = "auto", seed: int = 0, state=None):
+    """The native model of `backend` (torch, tensorflow, flax, mxnet) for a preset, file or spec.
+
+    Its weights are the spec's seeded init, or ``state`` (a canonical state dict) when given.
+    """
     spec = resolve(name_or_spec)
-    return registry.load(backend).build(spec, device=device)
+    return faces.backend(backend).build(spec, device=device, seed=seed, state=state)
 
 
 # Where a native model's class comes from -> our backend name.
@@ -59,20 +66,18 @@ def backend_of(model) -> str:
         root = cls.__module__.split(".")[0]
         if root in _FRAMEWORK_ROOTS:
             return _FRAMEWORK_ROOTS[root]
-    raise UserError(f"{type(model).__name__} is not a model of any backend ({', '.join(registry.names())})")
+    raise UserError(f"{type(model).__name__} is not a model of any backend ({', '.join(faces.names())})")
 
 
 def save_weights(model, path) -> None:
     """Write any backend's model to a canonical .safetensors file (names and layout of PyTorch)."""
-    from .weights import save_state
+    from resnet_multi.weights.canonical import save_state
 
-    native = registry.load(backend_of(model), "weights")
-    save_state(native.to_canonical(model), path, model.spec)
+    save_state(faces.backend(backend_of(model)).to_canonical(model), path, model.spec)
 
 
 def load_weights(model, path) -> None:
     """Load a canonical .safetensors file into any backend's model; a file that does not fit is refused whole."""
-    from .weights import load_state
+    from resnet_multi.weights.canonical import load_state
 
-    native = registry.load(backend_of(model), "weights")
-    native.from_canonical(model, load_state(path, model.spec))
+    faces.backend(backend_of(model)).from_canonical(model, load_state(path, model.spec))

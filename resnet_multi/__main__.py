@@ -1,3 +1,3 @@
-from .cli import main
+from resnet_multi.cli import main
 
 raise SystemExit(main())

@@ -17,3 +17,7 @@ class BackendUnavailable(UserError, ImportError):
 
 class DeviceUnavailable(UserError, RuntimeError):
     """A device that was asked for but is not there."""
+
+
+class PrecisionUnavailable(UserError, ValueError):
+    """A precision that is unknown, or that this backend or device cannot run."""

@@ -10,13 +10,13 @@ import os
 
 import pytest
 
-from resnet_multi import registry
+from resnet_multi import faces
 from resnet_multi.errors import BackendUnavailable
 
 
 def _selected(config: pytest.Config) -> list[str]:
-    chosen = [registry.canonical_name(b) for b in config.getoption("--backend")]
-    return chosen or registry.names()
+    chosen = [faces.canonical_name(b) for b in config.getoption("--backend")]
+    return chosen or faces.names()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -25,9 +25,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def backend_module(backend):
+def face(backend) -> faces.BackendFace:
+    """The backend's face, its framework imported (skipped where it is not installed)."""
     try:
-        return registry.load(backend)
+        faces.backend(backend).module("model")
+        return faces.backend(backend)
     except BackendUnavailable as exc:
         if os.environ.get("RESNET_MULTI_REQUIRE_BACKEND") == backend:
             pytest.fail(str(exc))

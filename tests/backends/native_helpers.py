@@ -6,8 +6,8 @@ import dataclasses
 
 import numpy as np
 
-from resnet_multi import presets
-from resnet_multi.spec import Stage
+from resnet_multi.arch import presets
+from resnet_multi.arch.spec import Stage
 
 RTOL = 1e-4  # logits within RTOL * max(1, max |logits|), as the parity suite
 

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 
 import resnet_multi
-from resnet_multi.parity import seeded_input
-from resnet_multi.shapes import layer_table
-from resnet_multi.weights import init_weights, save_state
+from resnet_multi.arch.shapes import layer_table
+from resnet_multi.numerics.parity import seeded_input
+from resnet_multi.weights.canonical import init_weights, save_state
 
 
 def cli(*args):
@@ -19,7 +19,7 @@ def cli(*args):
                           timeout=600)
 
 
-def test_summary_parity_and_bench_commands(backend, backend_module):
+def test_summary_parity_and_bench_commands(backend, face):
     out = cli("summary", "resnet50", "--backend", backend, "--input-shape", "3,64,64", "--device", "cpu", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     measured = json.loads(out.stdout)
@@ -38,7 +38,7 @@ def test_summary_parity_and_bench_commands(backend, backend_module):
     assert timing["mode"] == "train" and timing["images_per_s"] > 0 and timing["median_s"] > 0
 
 
-def test_save_and_load_weights_through_the_canonical_file(backend, backend_module, tmp_path):
+def test_save_and_load_weights_through_the_canonical_file(backend, face, tmp_path):
     spec = resnet_multi.get_spec("gluon_resnet18_v2")  # input BN, pre-activation: every kind of tensor
     state = init_weights(spec, 9, perturb_bn=True)
     source = save_state(state, tmp_path / "in.safetensors", spec)
@@ -49,8 +49,8 @@ def test_save_and_load_weights_through_the_canonical_file(backend, backend_modul
     other = resnet_multi.build(spec, backend=backend, device="cpu", )
     resnet_multi.load_weights(other, tmp_path / "out.safetensors")
     x = seeded_input((3, 33, 35), 2, 0)
-    np.testing.assert_array_equal(backend_module.forward(model, x), backend_module.forward(other, x))
-    from resnet_multi.weights import load_state
+    np.testing.assert_array_equal(face.forward(model, x), face.forward(other, x))
+    from resnet_multi.weights.canonical import load_state
 
     back = load_state(tmp_path / "out.safetensors", spec)
     assert all(np.array_equal(back[k], state[k]) for k in state)

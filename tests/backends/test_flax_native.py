@@ -11,17 +11,21 @@ that architecture against ours and the NumPy reference.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
-from resnet_multi import presets, reference, registry
-from resnet_multi.convert import convert
+from resnet_multi import faces as registry
+from resnet_multi.arch import presets
+from resnet_multi.arch.plan import plan
 from resnet_multi.errors import UserError
-from resnet_multi.plan import plan
-from resnet_multi.weights import WeightsError, init_weights, load_state, save_state
+from resnet_multi.numerics import reference
+from resnet_multi.run.convert import convert
+from resnet_multi.weights.canonical import WeightsError, init_weights, load_state, save_state
 
-from .native_helpers import batch as _batch, cross_entropy as _cross_entropy, tiny as _tiny, tol as _tol
+from .native_helpers import batch as _batch
+from .native_helpers import cross_entropy as _cross_entropy
+from .native_helpers import tiny as _tiny
+from .native_helpers import tol as _tol
 
 ODD_SIZE = (3, 13, 17)
 RTOL = 1e-4  # logits within RTOL * max(1, max |logits|), as the parity suite

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from resnet_multi import presets
-from resnet_multi.parity import parity_report
+from resnet_multi.arch import presets
+from resnet_multi.numerics.parity import parity_report
 
 from .test_shapes import HEAVY
 
@@ -24,7 +24,7 @@ def _size(name):
 
 
 @pytest.mark.parametrize("name", presets.names())
-def test_eval_parity(backend, backend_module, name):
+def test_eval_parity(backend, face, name):
     report = parity_report(name, backend, _size(name), seed=3, mode="eval", batch=2, device="cpu")
     assert report["ok"], (f"{backend} {name}: logits differ by {report['max_abs_diff']:.3g} "
                           f"(tolerance {report['tolerance']:.3g}); first divergent layer: "
@@ -32,7 +32,7 @@ def test_eval_parity(backend, backend_module, name):
 
 
 @pytest.mark.parametrize("name", [n for n in presets.names() if n not in HEAVY])
-def test_train_mode_parity(backend, backend_module, name):
+def test_train_mode_parity(backend, face, name):
     report = parity_report(name, backend, _size(name), seed=5, mode="train", batch=4, device="cpu")
     detail = report.get("running_stats")
     assert report["ok"], (f"{backend} {name} train: logits differ by {report['max_abs_diff']:.3g} "
@@ -40,7 +40,7 @@ def test_train_mode_parity(backend, backend_module, name):
                           f"{report['first_divergent_layer']}; running stats: {detail}")
 
 
-def test_parity_report_schema(backend, backend_module):
+def test_parity_report_schema(backend, face):
     report = parity_report("resnet20", backend, (3, 16, 16), seed=0, mode="eval", batch=1, device="cpu")
     for key in ("backend", "name", "mode", "max_abs_diff", "ref_max_abs", "layers", "ok"):
         assert key in report

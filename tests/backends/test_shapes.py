@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from resnet_multi import presets
-from resnet_multi.measure import first_difference, measured_table
-from resnet_multi.shapes import layer_table, param_count
+from resnet_multi.arch import presets
+from resnet_multi.arch.shapes import layer_table, param_count
+from resnet_multi.run.measure import first_difference, measured_table
 
 # Deep or wide presets run at a reduced size so that the suite fits a 2-core machine.
 SMALL = {"d2l_resnet18": [(1, 96, 96), (1, 33, 47)]}
@@ -40,7 +40,7 @@ def _cases():
 
 
 @pytest.mark.parametrize("name,input_shape", list(_cases()))
-def test_measured_table_equals_analytic(backend, backend_module, name, input_shape):
+def test_measured_table_equals_analytic(backend, face, name, input_shape):
     spec = presets.get(name)
     expected = layer_table(spec, input_shape)
     measured, info = measured_table(spec, backend, input_shape, device="cpu", batch=1)
@@ -50,7 +50,7 @@ def test_measured_table_equals_analytic(backend, backend_module, name, input_sha
     assert measured.total_params == expected.total_params
 
 
-def test_d2l_resnet18_matches_the_book(backend, backend_module):
+def test_d2l_resnet18_matches_the_book(backend, face):
     # The book's layer_summary at 1x96x96 and its 11,178,378 trainable parameters.
     measured, _ = measured_table("d2l_resnet18", backend, (1, 96, 96), device="cpu", batch=1)
     shapes = {row.name: row.output_shape for row in measured.layers}
@@ -62,13 +62,13 @@ def test_d2l_resnet18_matches_the_book(backend, backend_module):
     assert measured.total_params == 11_178_378
 
 
-def test_build_returns_native_model_in_eval_mode(backend, backend_module):
-    model = backend_module.build(presets.get("resnet20"), device="cpu")
-    assert backend_module.device_of(model).lower().startswith("cpu")
+def test_build_returns_native_model_in_eval_mode(backend, face):
+    model = face.build(presets.get("resnet20"), device="cpu")
+    assert face.device_of(model).lower().startswith("cpu")
 
 
-def test_unknown_device_is_a_clear_error(backend, backend_module):
-    from resnet_multi.errors import DeviceUnavailable, UserError
+def test_unknown_device_is_a_clear_error(backend, face):
+    from resnet_multi.errors import UserError
 
     with pytest.raises(UserError):
-        backend_module.resolve_device("tpu9")
+        face.resolve_device("tpu9")

@@ -8,17 +8,21 @@ fixtures), never at module level.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
-from resnet_multi import presets, reference, registry
-from resnet_multi.convert import convert
+from resnet_multi import faces as registry
+from resnet_multi.arch import presets
 from resnet_multi.errors import UserError
-from resnet_multi.interop import canonical_from_keras, keras_applications_layer, modules
-from resnet_multi.weights import WeightsError, init_weights, load_state, save_state
+from resnet_multi.numerics import reference
+from resnet_multi.run.convert import convert
+from resnet_multi.weights.canonical import WeightsError, init_weights, load_state, save_state
+from resnet_multi.weights.zoo_names import canonical_from_keras, keras_applications_layer, modules
 
-from .native_helpers import batch as _batch, cross_entropy as _cross_entropy, tiny as _tiny, tol as _tol
+from .native_helpers import batch as _batch
+from .native_helpers import cross_entropy as _cross_entropy
+from .native_helpers import tiny as _tiny
+from .native_helpers import tol as _tol
 
 ZOO = {"resnet50_v1": "ResNet50", "resnet50_v2": "ResNet50V2"}  # our preset -> keras.applications builder
 ODD_SIZE = (3, 35, 33)  # keras.applications' top needs 32x32 at least; odd sides exercise the padding
@@ -71,8 +75,8 @@ def zoo(backend, backend_module, tmp_path_factory):
     """keras.applications ResNet50 / ResNet50V2, each saved once with Keras's own API, with its logits;
     and our model of each preset, built once (the tests load the weights they need into it)."""
     _only_tensorflow(backend)
-    from keras.src.legacy.saving import legacy_h5_format
     import h5py
+    from keras.src.legacy.saving import legacy_h5_format
 
     folder = tmp_path_factory.mktemp("zoo")
     x = np.random.default_rng(1).standard_normal((2, *ODD_SIZE)).astype(np.float32)
@@ -367,7 +371,7 @@ def test_optimizer_state_resumes_identically(backend, backend_module):
     for _ in range(2):
         step_a(x, labels)
     saved_w, saved_opt = weights.to_canonical(a), train.optimizer_state(step_a)
-    from resnet_multi.plan import plan
+    from resnet_multi.arch.plan import plan
 
     assert set(saved_opt) == {f"momentum.{k}" for k in plan(spec).param_shapes()}
     for k, v in saved_opt.items():  # canonical (PyTorch) layout

@@ -12,12 +12,17 @@ import copy
 import numpy as np
 import pytest
 
-from resnet_multi import presets, reference, registry
-from resnet_multi.convert import convert
+from resnet_multi import faces as registry
+from resnet_multi.arch import presets
 from resnet_multi.errors import UserError
-from resnet_multi.weights import WeightsError, init_weights, load_state, save_state
+from resnet_multi.numerics import reference
+from resnet_multi.run.convert import convert
+from resnet_multi.weights.canonical import WeightsError, init_weights, load_state, save_state
 
-from .native_helpers import batch as _batch, cross_entropy as _cross_entropy, tiny as _tiny, tol as _tol
+from .native_helpers import batch as _batch
+from .native_helpers import cross_entropy as _cross_entropy
+from .native_helpers import tiny as _tiny
+from .native_helpers import tol as _tol
 
 ZOO = ["resnet18", "resnet50", "resnext50_32x4d"]  # torchvision.models builders of the same names
 ODD_SIZE = (3, 45, 51)

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_multi.spec import BatchNorm, ResNetSpec, Stage, Stem
-from resnet_multi.training import TrainConfig, load_checkpoint, train
-from resnet_multi.training_parity import compare_to_golden, golden_trajectory
+from resnet_multi.arch.spec import BatchNorm, ResNetSpec, Stage, Stem
+from resnet_multi.numerics.training_parity import compare_to_golden, golden_trajectory
+from resnet_multi.training.loop import TrainConfig, load_checkpoint, train
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "train_trajectory.json"
 
 
-def test_first_steps_match_the_golden_trajectory(backend, backend_module):
+def test_first_steps_match_the_golden_trajectory(backend, face):
     golden = json.loads(GOLDEN.read_text())
     result = golden_trajectory(backend)
     problems = compare_to_golden(result, golden)
@@ -24,7 +24,7 @@ def test_first_steps_match_the_golden_trajectory(backend, backend_module):
 
 
 def tiny_spec(tmp_path: Path) -> str:
-    from resnet_multi.spec import save_spec
+    from resnet_multi.arch.spec import save_spec
 
     spec = ResNetSpec(name="tiny_digits", stages=(Stage(1, 8, 1), Stage(1, 16, 2)), block="basic",
                       in_channels=1, num_classes=10, stem=Stem(kind="cifar", channels=8),
@@ -35,12 +35,12 @@ def tiny_spec(tmp_path: Path) -> str:
 def run(backend, spec_file, out, epochs, resume=False):
     config = TrainConfig(model=spec_file, backend=backend, dataset="digits", epochs=epochs, batch_size=64,
                          lr=0.1, momentum=0.5, resize=12, seed=3, device="cpu", out=str(out), resume=resume)
-    from resnet_multi.training import Progress
+    from resnet_multi.training.loop import Progress
 
     return train(config, Progress(enabled=False))
 
 
-def test_train_writes_metrics_plot_checkpoint_and_resumes_exactly(backend, backend_module, tmp_path):
+def test_train_writes_metrics_plot_checkpoint_and_resumes_exactly(backend, face, tmp_path):
     spec_file = tiny_spec(tmp_path)
     full = run(backend, spec_file, tmp_path / "full", epochs=2)
     assert [r["epoch"] for r in full["epochs"]] == [1, 2]

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from resnet_multi import presets
-from resnet_multi.spec import save_spec
+from resnet_multi.arch import presets
+from resnet_multi.arch.spec import save_spec
 
 
 def cli(*args):

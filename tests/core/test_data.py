@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from resnet_multi import data
-from resnet_multi.data import DataError, batches, download, fashion_mnist, read_idx, resize
+from resnet_multi.training import data
+from resnet_multi.training.data import DataError, batches, download, fashion_mnist, read_idx, resize
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

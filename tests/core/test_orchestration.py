@@ -9,11 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from resnet_multi import presets
-from resnet_multi.compare import parse_python_overrides, run_compare
-from resnet_multi.convert import convert, guess_format
+from resnet_multi.arch import presets
 from resnet_multi.errors import UserError
-from resnet_multi.weights import init_weights, load_state, save_state
+from resnet_multi.run.compare import run_compare
+from resnet_multi.run.convert import convert, guess_format
+from resnet_multi.run.interpreters import parse_python_overrides
+from resnet_multi.weights.canonical import init_weights, load_state, save_state
 
 
 def test_compare_reports_a_missing_environment_in_its_column(tmp_path):

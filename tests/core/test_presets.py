@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from resnet_multi import presets
-from resnet_multi.plan import plan
-from resnet_multi.shapes import buffer_count, layer_table, param_count
+from resnet_multi.arch import presets
+from resnet_multi.arch.plan import plan
+from resnet_multi.arch.shapes import buffer_count, layer_table, param_count
 
 # torchvision's published trainable-parameter counts (its weights' "num_params").
 TORCHVISION_PARAMS = {

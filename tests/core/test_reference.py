@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resnet_multi import presets, reference
-from resnet_multi.plan import Conv, Norm
-from resnet_multi.spec import BatchNorm
-from resnet_multi.weights import init_weights
+from resnet_multi.arch import presets
+from resnet_multi.arch.plan import Conv, Norm
+from resnet_multi.arch.spec import BatchNorm
+from resnet_multi.numerics import reference
+from resnet_multi.weights.canonical import init_weights
 
 
 def naive_conv(x, w, b, stride, pad, groups):
@@ -75,7 +76,7 @@ def test_identity_blocks_pass_the_input_through_when_the_branch_is_zero():
 
 
 def test_rows_and_shapes_match_the_analytic_table():
-    from resnet_multi.shapes import layer_table
+    from resnet_multi.arch.shapes import layer_table
 
     for name in ("resnet50_v2", "d2l_resnext18", "resnet18"):
         spec = presets.get(name)

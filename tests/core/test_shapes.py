@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from resnet_multi import presets
-from resnet_multi.plan import Conv
-from resnet_multi.shapes import InputTooSmall, _conv, layer_table
-from resnet_multi.spec import ResNetSpec, Stage
+from resnet_multi.arch import presets
+from resnet_multi.arch.plan import Conv
+from resnet_multi.arch.shapes import InputTooSmall, _conv, layer_table
+from resnet_multi.arch.spec import ResNetSpec, Stage
 
 
 def test_odd_sizes_follow_floor_arithmetic():
@@ -21,7 +21,7 @@ def test_odd_sizes_follow_floor_arithmetic():
 def test_macs_of_a_tiny_net_by_hand():
     spec = ResNetSpec(name="tiny", stages=(Stage(1, 4, 2),), block="basic", in_channels=1, num_classes=2,
                       conv_bias=("stem",))
-    from resnet_multi.spec import Stem
+    from resnet_multi.arch.spec import Stem
     spec = spec.replace(stem=Stem(kind="cifar", channels=2))
     table = layer_table(spec, (1, 8, 8))
     rows = {r.name: r for r in table.layers}

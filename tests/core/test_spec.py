@@ -8,10 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resnet_multi import presets
+from resnet_multi.arch import presets
+from resnet_multi.arch.spec import BIAS_ROLES, BatchNorm, ResNetSpec, Stage, Stem, load_spec, save_spec, spec_from_dict
 from resnet_multi.errors import SpecError
-from resnet_multi.spec import (BIAS_ROLES, BatchNorm, ResNetSpec, Stage, Stem, load_spec, save_spec,
-                               spec_from_dict)
 
 
 def basic(**kw):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resnet_multi import presets
-from resnet_multi.plan import plan
-from resnet_multi.weights import WeightsError, check_state, file_spec, init_weights, load_state, save_state
+from resnet_multi.arch import presets
+from resnet_multi.arch.plan import plan
+from resnet_multi.weights.canonical import WeightsError, check_state, file_spec, init_weights, load_state, save_state
 
 
 def test_init_is_seeded_and_bit_identical():

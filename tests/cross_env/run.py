@@ -75,7 +75,7 @@ arch, folder, backend = sys.argv[1:4]
 x, want = np.load(folder + "/x.npy"), np.load(folder + "/logits.npy")
 m = resnet_multi.build(arch, backend=backend, device="cpu")
 resnet_multi.load_weights(m, folder + "/canonical.safetensors")
-got = resnet_multi.registry.load(backend).forward(m, x)
+got = resnet_multi.backend(backend).forward(m, x)
 print(json.dumps({"max_abs_diff": float(np.abs(got - want).max()), "tolerance": 1e-4 * max(1.0, float(np.abs(want).max()))}))
 '''
 

@@ -1,0 +1,224 @@
+"""The spec resolved into concrete layers with canonical names.
+
+`plan(spec)` decides, once and for every backend, each conv's channels,
+kernel, stride, padding, groups and bias, each BN, and each block's shortcut.
+Backends lower these records into their own layers; the analytic shapes, the
+NumPy reference and the weight files read the same records, so names and
+geometry cannot drift apart.
+
+Canonical names are torchvision's state_dict keys (conv1, bn1,
+layer1.0.conv1, layer1.0.downsample.0, fc) extended consistently:
+``input_bn`` (an affine-free BN on the raw input, Gluon v2), ``layerI.J.preact_bn`` (pre-activation BN before conv1), ``post_bn``
+(pre-activation nets' final BN), ``.bias`` on convs that carry one, and a
+shortcut without BN is just ``downsample.0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from resnet_multi.arch.spec import ResNetSpec
+
+
+@dataclass(frozen=True)
+class Conv:
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: int  # symmetric, on every side
+    groups: int
+    bias: bool
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes = {f"{self.name}.weight": (self.out_channels, self.in_channels // self.groups, self.kernel, self.kernel)}
+        if self.bias:
+            shapes[f"{self.name}.bias"] = (self.out_channels,)
+        return shapes
+
+    def out_size(self, size: int) -> int:
+        return (size + 2 * self.padding - self.kernel) // self.stride + 1
+
+
+@dataclass(frozen=True)
+class Norm:
+    name: str
+    channels: int
+    affine: bool = True  # False: no weight/bias, only running statistics (the stem's input_bn)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        if not self.affine:
+            return {}
+        return {f"{self.name}.weight": (self.channels,), f"{self.name}.bias": (self.channels,)}
+
+    def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {f"{self.name}.running_mean": (self.channels,), f"{self.name}.running_var": (self.channels,)}
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The stem's max-pool: 3x3, stride 2, padding 1 on every side."""
+
+    name: str
+    kernel: int
+    stride: int
+    padding: int
+    pad_value: str  # 'neg_inf' or 'zero', from spec.stem.pool_padding
+
+    def out_size(self, size: int) -> int:
+        return (size + 2 * self.padding - self.kernel) // self.stride + 1
+
+
+@dataclass(frozen=True)
+class Linear:
+    name: str
+    in_features: int
+    out_features: int
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {f"{self.name}.weight": (self.out_features, self.in_features), f"{self.name}.bias": (self.out_features,)}
+
+
+@dataclass(frozen=True)
+class StemPlan:
+    name: str  # the layer-table row: "stem"
+    input_bn: Norm | None  # affine-free BN on the raw input (Gluon v2)
+    conv: Conv
+    bn: Norm | None  # followed by ReLU when present
+    pool: Pool | None
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """One residual block. Post-activation order (ResNet v1):
+
+        conv1-bn1-relu-conv2-bn2[-relu-conv3-bn3] + shortcut, relu
+
+    Pre-activation order (ResNet v2):
+
+        preact_bn-relu-conv1-bn1-relu-conv2[-bn2-relu-conv3] + shortcut
+
+    where a projection shortcut reads the pre-activated input and an identity
+    or subsample shortcut reads the block input.
+    """
+
+    name: str  # "layer1.0"
+    kind: str  # 'basic' | 'bottleneck'
+    preact: bool
+    in_channels: int
+    out_channels: int
+    stride: int
+    convs: tuple[Conv, ...]  # conv1, conv2[, conv3]
+    norms: tuple[Norm, ...]  # bnK follows convK; post-activation has one per conv
+    preact_bn: Norm | None
+    shortcut: str  # 'identity' | 'subsample' | 'conv' | 'conv_bn'
+    downsample_conv: Conv | None
+    downsample_bn: Norm | None
+
+    @property
+    def modules(self) -> tuple:
+        parts = ((self.preact_bn,) if self.preact_bn else ()) + self.convs + self.norms
+        return parts + tuple(m for m in (self.downsample_conv, self.downsample_bn) if m)
+
+
+@dataclass(frozen=True)
+class HeadPlan:
+    post_bn: Norm | None  # pre-activation nets: BN + ReLU before pooling
+    fc: Linear
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: ResNetSpec
+    stem: StemPlan
+    stages: tuple[tuple[BlockPlan, ...], ...]
+    head: HeadPlan
+
+    @property
+    def blocks(self) -> tuple[BlockPlan, ...]:
+        return tuple(b for stage in self.stages for b in stage)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Trainable parameters, canonical names, PyTorch layout, in model order."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for module in self.modules():
+            if hasattr(module, "param_shapes"):
+                shapes.update(module.param_shapes())
+        return shapes
+
+    def buffer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """BN running statistics, canonical names, in model order."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for module in self.modules():
+            if isinstance(module, Norm):
+                shapes.update(module.buffer_shapes())
+        return shapes
+
+    def modules(self) -> list:
+        """Every record that holds weights (Conv, Norm, Linear), in model order: the canonical state's order."""
+        stem = self.stem
+        mods = [m for m in (stem.input_bn, stem.conv, stem.bn) if m is not None]
+        for block in self.blocks:
+            mods.extend(block.modules)
+        return mods + ([self.head.post_bn] if self.head.post_bn else []) + [self.head.fc]
+
+
+def _block(spec: ResNetSpec, name: str, in_ch: int, stage_index: int, stride: int) -> BlockPlan:
+    stage = spec.stages[stage_index]
+    out = stage.channels
+    bias = set(spec.conv_bias)
+    if spec.block == "basic":
+        convs = (
+            Conv(f"{name}.conv1", in_ch, out, 3, stride, 1, 1, "conv1" in bias),
+            Conv(f"{name}.conv2", out, out, 3, 1, 1, 1, "conv2" in bias),
+        )
+    else:
+        mid = stage.mid_channels
+        s1, s3 = (stride, 1) if spec.stride_at == "1x1" else (1, stride)
+        convs = (
+            Conv(f"{name}.conv1", in_ch, mid, 1, s1, 0, 1, "conv1" in bias),
+            Conv(f"{name}.conv2", mid, mid, 3, s3, 1, stage.cardinality, "conv2" in bias),
+            Conv(f"{name}.conv3", mid, out, 1, 1, 0, 1, "conv3" in bias),
+        )
+    # Pre-activation blocks have no BN after their last conv.
+    norm_convs = convs[:-1] if spec.preactivation else convs
+    norms = tuple(Norm(f"{name}.bn{i + 1}", c.out_channels) for i, c in enumerate(norm_convs))
+    preact_bn = Norm(f"{name}.preact_bn", in_ch) if spec.preactivation else None
+
+    if in_ch != out or (stride != 1 and spec.strided_identity == "projection"):
+        shortcut = spec.shortcut
+        ds_conv = Conv(f"{name}.downsample.0", in_ch, out, 1, stride, 0, 1, "shortcut" in bias)
+        ds_bn = Norm(f"{name}.downsample.1", out) if shortcut == "conv_bn" else None
+    else:
+        shortcut = "subsample" if stride != 1 else "identity"
+        ds_conv = ds_bn = None
+    return BlockPlan(name, spec.block, spec.preactivation, in_ch, out, stride, convs, norms,
+                     preact_bn, shortcut, ds_conv, ds_bn)
+
+
+@lru_cache(maxsize=256)
+def plan(spec: ResNetSpec) -> Plan:
+    """Resolve a spec into named layers (cached: specs are frozen)."""
+    st = spec.stem
+    conv = Conv("conv1", spec.in_channels, st.channels, st.kernel, st.stride, st.kernel // 2, 1, "stem" in spec.conv_bias)
+    stem = StemPlan(
+        "stem",
+        Norm("input_bn", spec.in_channels, affine=False) if st.input_norm else None,
+        conv,
+        Norm("bn1", st.channels) if st.norm else None,
+        Pool("maxpool", 3, 2, 1, st.pool_padding) if st.pool else None,
+    )
+    stages = []
+    in_ch = st.channels
+    for i, stage in enumerate(spec.stages):
+        strided = 0 if spec.stride_block == "first" else stage.blocks - 1
+        blocks = []
+        for j in range(stage.blocks):
+            stride = stage.stride if j == strided else 1
+            blocks.append(_block(spec, f"layer{i + 1}.{j}", in_ch, i, stride))
+            in_ch = stage.channels
+        stages.append(tuple(blocks))
+    head = HeadPlan(Norm("post_bn", in_ch) if spec.preactivation else None, Linear("fc", in_ch, spec.num_classes))
+    return Plan(spec, stem, tuple(stages), head)

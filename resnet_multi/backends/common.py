@@ -1,0 +1,93 @@
+"""What the four backends share, written once (as Keras keeps its backend/common).
+
+Framework-free: device strings, the bench modes, precision checks, the names
+of the optimizer state and the attribute name of a layer inside its block.
+The core's own shared pieces a backend also uses live in the core:
+``resnet_multi.files.atomic_write`` (every writer), the kernel layouts in
+``resnet_multi.weights.layouts`` and ``resnet_multi.timing``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from resnet_multi.arch.plan import plan
+from resnet_multi.arch.spec import ResNetSpec
+from resnet_multi.errors import DeviceUnavailable, PrecisionUnavailable
+
+# -- devices ---------------------------------------------------------------------------
+
+DEVICE_FORMS = "auto, cpu, gpu or gpu:N (cuda and cuda:N are the same as gpu)"
+
+
+def parse_device(device: str, gpu_count: int, framework: str, hint: str = "", cpu_count: int = 1
+                 ) -> tuple[str, int]:
+    """A device string -> ('cpu', N) or ('gpu', N), the same accepted forms in every backend.
+
+    'auto' is the first GPU when there is one, else the CPU; 'cpu' and 'cpu:N'
+    a CPU device (``cpu_count`` of them: JAX can split the host into several);
+    'gpu', 'gpu:N', 'cuda', 'cuda:N' a GPU, which must be there.
+    Anything else, or an absent GPU, is a DeviceUnavailable naming what
+    ``framework`` sees; ``hint`` ends that message (e.g. which build to install).
+    """
+    name = str(device).strip().lower()
+    if name == "auto":
+        return ("gpu", 0) if gpu_count else ("cpu", 0)
+    kind, colon, index = name.partition(":")
+    kind = "gpu" if kind == "cuda" else kind
+    if kind not in ("cpu", "gpu") or (colon and not index.isdigit()):
+        raise DeviceUnavailable(f"unknown device {device!r}; use {DEVICE_FORMS}")
+    number = int(index or 0)
+    if kind == "cpu":
+        if number >= cpu_count:
+            raise DeviceUnavailable(f"device {device!r} is not there: {framework} sees {cpu_count} CPU device(s)")
+        return "cpu", number
+    if not gpu_count:
+        raise DeviceUnavailable(f"device {device!r} asked for, but {framework} sees no GPU here"
+                                + (f" ({hint})" if hint else ""))
+    if number >= gpu_count:
+        raise DeviceUnavailable(f"device {device!r} is not there: {framework} sees {gpu_count} GPU(s)")
+    return "gpu", number
+
+
+# -- benchmarks and precisions -------------------------------------------------------------
+
+MODES = ("infer", "train")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
+def check_precision(precision: str, supported: Iterable[str], backend: str) -> str:
+    """``precision`` if this backend runs it, else PrecisionUnavailable naming what it runs."""
+    supported = tuple(supported)
+    if precision not in supported:
+        raise PrecisionUnavailable(f"the {backend} backend runs precision {', '.join(supported)}, "
+                                   f"not {precision!r}")
+    return precision
+
+
+# -- optimizer state -------------------------------------------------------------------------
+
+MOMENTUM_PREFIX = "momentum."
+
+
+def momentum_shapes(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
+    """'momentum.<canonical parameter name>' -> the buffer's shape: what optimizer_state() holds."""
+    return {MOMENTUM_PREFIX + name: tuple(shape) for name, shape in plan(spec).param_shapes().items()}
+
+
+def momentum_of(name: str) -> str:
+    """'momentum.layer1.0.conv1.weight' -> 'layer1.0.conv1.weight'."""
+    return name[len(MOMENTUM_PREFIX):] if name.startswith(MOMENTUM_PREFIX) else name
+
+
+# -- names ------------------------------------------------------------------------------------
+
+
+def leaf_name(name: str) -> str:
+    """A layer's attribute name inside its block: 'layer1.0.conv1' -> 'conv1'."""
+    return name.rsplit(".", 1)[-1]

@@ -1,0 +1,329 @@
+"""The spec lowered to Flax NNX (``flax.nnx.Module``), computing in NHWC.
+
+The book (Dive into Deep Learning) writes its JAX ResNet with Flax Linen; we
+use NNX, the API Flax recommends for new code: modules are ordinary Python
+objects that own their variables, like torch's nn.Module.
+
+Every layer comes from ``resnet_multi.plan.plan(spec)``, so geometry and names
+are the core's, not re-derived here. Attribute paths are the canonical names
+(``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer1.0.downsample.0``,
+``post_bn``, ``fc``); only the variable names differ (``kernel``, ``scale``,
+``mean``, ``var``), see weights.py.
+
+Numerics: padding is explicit and symmetric everywhere (never 'SAME', which
+pads bottom/right only); the max-pool pads with -inf or zeros as the spec
+says; BN momentum is converted (Flax's momentum = 1 - the spec's PyTorch one);
+BN running_var follows the spec: Flax's own nnx.BatchNorm updates it with the
+biased batch variance ('biased'); the small subclass below uses the unbiased
+n/(n-1) one for 'unbiased' (PyTorch). Convs and matmuls run at HIGHEST
+precision, so there is no TF32 on GPUs.
+
+Compilation: the stem, every block and the head are each one ``nnx.jit``
+program (tree mode, ``graph=False``: less per-call overhead). Identical
+blocks (most of a stage, and the same stage in deeper presets) share a
+program, so a ResNet-152 compiles about ten small programs in seconds rather
+than one large one in tens of seconds. Called inside an outer ``nnx.jit`` (a
+training step) they become part of the outer program.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from resnet_multi.arch.plan import BlockPlan, Conv, Norm, Pool, plan
+from resnet_multi.arch.spec import BatchNorm as BNSpec
+from resnet_multi.arch.spec import ResNetSpec
+from resnet_multi.errors import DeviceUnavailable
+
+FRAMEWORK = "flax"
+
+# Parity is checked in fp32: no TF32 (or bf16 passes) in matmuls and convs on GPUs.
+jax.config.update("jax_default_matmul_precision", "highest")
+PRECISION = jax.lax.Precision.HIGHEST
+
+
+# -- device handling -----------------------------------------------------------
+
+
+def _gpus() -> list:
+    try:
+        return jax.devices("gpu")
+    except RuntimeError:  # no GPU backend (CPU-only jaxlib, or no CUDA device)
+        return []
+
+
+def _jax_device(device: str) -> jax.Device:
+    """'auto' | 'cpu' | 'gpu' | 'cpu:N' | 'gpu:N' ('cuda' is an alias of 'gpu') -> a jax.Device."""
+    kind, _, index = str(device).lower().partition(":")
+    kind = "gpu" if kind == "cuda" else kind
+    if kind == "auto" and not index:
+        return (_gpus() or jax.devices("cpu"))[0]
+    if kind not in ("cpu", "gpu") or (index and not index.isdigit()):
+        raise DeviceUnavailable(f"unknown device {device!r} for flax; use auto, cpu, gpu or gpu:N")
+    found = _gpus() if kind == "gpu" else jax.devices("cpu")
+    if not found:
+        raise DeviceUnavailable(f"device {device!r} asked for, but JAX {jax.__version__} sees no GPU here "
+                                f"(devices: {', '.join(str(d) for d in jax.devices())})")
+    if int(index or 0) >= len(found):
+        raise DeviceUnavailable(f"device {device!r} asked for, but JAX sees only {len(found)} {kind} device(s)")
+    return found[int(index or 0)]
+
+
+def _name(dev: jax.Device) -> str:
+    return f"{dev.platform}:{dev.id}"
+
+
+def resolve_device(device: str) -> str:
+    return _name(_jax_device(device))
+
+
+# -- layers: every choice from the plan, nothing from a Flax default --------------
+
+# Flax's initializers would draw weights that build() overwrites with the core's: start from zeros.
+ZEROS = nnx.initializers.zeros_init()
+
+
+def conv(c: Conv, rngs: nnx.Rngs) -> nnx.Conv:
+    return nnx.Conv(c.in_channels, c.out_channels, (c.kernel, c.kernel), strides=(c.stride, c.stride),
+                    padding=((c.padding, c.padding), (c.padding, c.padding)),  # symmetric, never 'SAME'
+                    feature_group_count=c.groups, use_bias=c.bias, kernel_init=ZEROS, precision=PRECISION,
+                    rngs=rngs)
+
+
+class BatchNorm(nnx.BatchNorm):
+    """nnx.BatchNorm with the spec's momentum and eps, and its running-variance convention.
+
+    Flax's layer updates running var with the biased batch variance; for
+    running_var='unbiased' (PyTorch) the training path below scales it by
+    n/(n-1). Normalisation uses the biased one either way.
+    """
+
+    def __init__(self, n: Norm, bn: BNSpec, rngs: nnx.Rngs):
+        super().__init__(n.channels, momentum=1.0 - bn.momentum, epsilon=bn.eps, use_running_average=True,
+                         use_scale=n.affine, use_bias=n.affine,  # input_bn: running statistics only
+                         use_fast_variance=False, rngs=rngs)  # two-pass variance, not E[x^2] - E[x]^2
+        self.unbiased = bn.running_var == "unbiased"
+
+    def __call__(self, x):
+        if self.use_running_average or not self.unbiased:
+            return super().__call__(x)
+        axes = tuple(range(x.ndim - 1))  # NHWC: every axis but the channels
+        n = x.size // x.shape[-1]
+        out_dtype = self.dtype or x.dtype  # the compute dtype (bf16/fp16 in mixed precision, see train.py)
+        x = x.astype(jnp.promote_types(out_dtype, jnp.float32))  # statistics in fp32 at least, as Flax's own layer
+        mean = x.mean(axes)
+        var = jnp.square(x - mean).mean(axes)
+        m = self.momentum
+        self.mean[...] = m * self.mean[...] + (1 - m) * mean
+        self.var[...] = m * self.var[...] + (1 - m) * var * (n / max(n - 1, 1))  # as the reference does
+        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        y = y if self.scale is None else y * self.scale[...] + self.bias[...]
+        return y.astype(out_dtype)
+
+
+# -- stem: [input_bn] conv1 [bn1-relu] [maxpool]; its layers are attributes of ResNet --
+
+
+def max_pool(x, pool: Pool):
+    p, k, s = pool.padding, pool.kernel, pool.stride
+    if pool.pad_value == "zero":  # keras.applications: ZeroPadding2D, then an unpadded pool
+        x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+        return nnx.max_pool(x, (k, k), strides=(s, s), padding="VALID")
+    return nnx.max_pool(x, (k, k), strides=(s, s), padding=((p, p), (p, p)))  # pads with -inf
+
+
+@partial(nnx.jit, static_argnames="pool", graph=False)  # the pool is a plan record, not an array
+def stem(x, input_bn: BatchNorm | None, conv1: nnx.Conv, bn1: BatchNorm | None, pool: Pool | None):
+    if input_bn is not None:  # Gluon v2: standardises the data, no ReLU
+        x = input_bn(x)
+    x = conv1(x)
+    if bn1 is not None:
+        x = nnx.relu(bn1(x))
+    return max_pool(x, pool) if pool is not None else x
+
+
+# -- block: basic or bottleneck, post- or pre-activation ------------------------
+
+
+class Block(nnx.Module):
+    """One residual block (the order is in plan.BlockPlan's docstring).
+
+    Residual branch: conv1-bn1-relu-conv2-bn2[-relu-conv3-bn3]; a
+    pre-activation block starts with preact_bn-relu and has no BN after its
+    last conv. Shortcut: identity, every stride-th pixel ('subsample'), or
+    downsample = [1x1/s conv, BN] (or the conv alone).
+    """
+
+    def __init__(self, p: BlockPlan, bn: BNSpec, rngs: nnx.Rngs):
+        convs = [conv(c, rngs) for c in p.convs]
+        norms = [BatchNorm(n, bn, rngs) for n in p.norms] + [None] * (len(p.convs) - len(p.norms))
+        self.preact_bn = BatchNorm(p.preact_bn, bn, rngs) if p.preact_bn else None
+        self.conv1, self.bn1 = convs[0], norms[0]
+        self.conv2, self.bn2 = convs[1], norms[1]
+        self.conv3, self.bn3 = (convs[2], norms[2]) if len(convs) == 3 else (None, None)
+        # nnx.List names its layers downsample.0 (the conv) and downsample.1 (the BN of 'conv_bn')
+        self.downsample = nnx.List([conv(p.downsample_conv, rngs)]
+                                   + ([BatchNorm(p.downsample_bn, bn, rngs)] if p.downsample_bn else [])
+                                   ) if p.downsample_conv else None
+        self.stride = p.stride
+
+    def residual(self, x):
+        layers = [(c, n) for c, n in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3))
+                  if c is not None]
+        for i, (c, n) in enumerate(layers):
+            x = c(x) if n is None else n(c(x))
+            if i < len(layers) - 1:
+                x = nnx.relu(x)
+        return x
+
+    def shortcut(self, x):
+        if self.downsample is None:
+            return x[:, :: self.stride, :: self.stride, :]  # identity, or 'subsample' when strided
+        for layer in self.downsample:
+            x = layer(x)
+        return x
+
+    @nnx.jit(graph=False)  # one program per block structure and input shape, shared by identical blocks
+    def __call__(self, x):
+        if self.preact_bn is None:  # post-activation (v1): ReLU after the add
+            return nnx.relu(self.residual(x) + self.shortcut(x))
+        pre = nnx.relu(self.preact_bn(x))  # pre-activation (v2): no ReLU after the add
+        # A projection reads the pre-activated input; an identity/subsample reads the raw block input.
+        return self.residual(pre) + self.shortcut(pre if self.downsample is not None else x)
+
+
+# -- stage: a run of blocks, named layerI.J --------------------------------------
+
+
+def stage(blocks: tuple[BlockPlan, ...], bn: BNSpec, rngs: nnx.Rngs) -> nnx.List:
+    return nnx.List([Block(b, bn, rngs) for b in blocks])
+
+
+# -- head: [post_bn-relu] - global average pool - fc -------------------------------
+
+
+def global_avg_pool(x):
+    return x.mean(axis=(1, 2))  # NHWC -> (N, C)
+
+
+@nnx.jit(graph=False)
+def head(x, post_bn: BatchNorm | None, fc: nnx.Linear):
+    """(post_bn's output or None, pooled (N, C), logits)."""
+    post = nnx.relu(post_bn(x)) if post_bn is not None else None
+    pooled = global_avg_pool(x if post is None else post)
+    return post, pooled, fc(pooled)
+
+
+# -- the network -----------------------------------------------------------------
+
+
+class ResNet(nnx.Module):
+    """[input_bn] conv1 [bn1] [maxpool] - layer1 ... layerK - [post_bn] - avgpool - fc, NHWC."""
+
+    def __init__(self, spec: ResNetSpec, rngs: nnx.Rngs):
+        p = plan(spec)
+        self.spec = spec
+        # stem
+        self.input_bn = BatchNorm(p.stem.input_bn, spec.bn, rngs) if p.stem.input_bn else None
+        self.conv1 = conv(p.stem.conv, rngs)
+        self.bn1 = BatchNorm(p.stem.bn, spec.bn, rngs) if p.stem.bn else None
+        self.pool = p.stem.pool  # no variables: the plan's record
+        # stages: attributes layer1 ... layerK
+        self.stage_names = tuple(f"layer{i + 1}" for i in range(len(p.stages)))
+        for name, blocks in zip(self.stage_names, p.stages):
+            setattr(self, name, stage(blocks, spec.bn, rngs))
+        # head
+        self.post_bn = BatchNorm(p.head.post_bn, spec.bn, rngs) if p.head.post_bn else None
+        self.fc = nnx.Linear(p.head.fc.in_features, p.head.fc.out_features, kernel_init=ZEROS,
+                             precision=PRECISION, rngs=rngs)
+
+    def blocks(self):
+        for name in self.stage_names:
+            for j, block in enumerate(getattr(self, name)):
+                yield f"{name}.{j}", block
+
+    def rows(self, x) -> dict:
+        """Every layer-table row's output, in order: NHWC, 'avgpool' (N, C), 'fc' the logits."""
+        out = {"stem": (x := stem(x, self.input_bn, self.conv1, self.bn1, pool=self.pool))}
+        for name, block in self.blocks():
+            out[name] = x = block(x)
+        post, pooled, logits = head(x, self.post_bn, self.fc)
+        if post is not None:
+            out["post_bn"] = post
+        out["avgpool"], out["fc"] = pooled, logits
+        return out
+
+    def __call__(self, x):
+        return self.rows(x)["fc"]
+
+
+def build(spec: ResNetSpec, device: str = "auto", seed: int = 0) -> ResNet:
+    """The NNX model on `device`, in inference mode, with the core's seeded weights."""
+    from resnet_multi.weights.canonical import init_weights
+
+    from .weights import from_canonical
+
+    with jax.default_device(_jax_device(device)):  # every variable is created there
+        model = ResNet(spec, rngs=nnx.Rngs(seed))
+    from_canonical(model, init_weights(spec, seed))
+    return model
+
+
+# -- the contract ----------------------------------------------------------------
+
+
+def _device(model: ResNet) -> jax.Device:
+    return next(iter(model.conv1.kernel[...].devices()))
+
+
+def _view(model: ResNet, train: bool) -> ResNet:
+    # nnx.view shares the model's variables: in training BN uses batch statistics and
+    # its running-stat updates land in `model`, whose own mode is left as it was.
+    return nnx.view(model, use_running_average=not train, graph=False)
+
+
+def _nhwc(model: ResNet, x) -> jax.Array:
+    return jax.device_put(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1)), _device(model))
+
+
+def activations(model: ResNet, x, train: bool = False) -> dict[str, np.ndarray]:
+    rows = _view(model, train).rows(_nhwc(model, x))
+    return {name: np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2)) if a.ndim == 4 else np.asarray(a)
+            for name, a in rows.items()}
+
+
+def forward(model: ResNet, x, train: bool = False) -> np.ndarray:
+    return np.asarray(_view(model, train)(_nhwc(model, x)))
+
+
+def _row_of(path: tuple) -> str:
+    first = str(path[0])  # conv1, layer1 (then the block's index), post_bn, fc, ...
+    if first in ("input_bn", "conv1", "bn1"):
+        return "stem"
+    return f"{first}.{path[1]}" if first.startswith("layer") else first
+
+
+def row_counts(model: ResNet) -> dict[str, tuple[int, int]]:
+    """Row -> (trainable params, BN running stats), counted from the model's nnx.Param / nnx.BatchStat."""
+    rows = ["stem", *(name for name, _ in model.blocks()), *(["post_bn"] if model.post_bn is not None else []),
+            "avgpool", "fc"]
+    counts = {row: [0, 0] for row in rows}
+    for kind, col in ((nnx.Param, 0), (nnx.BatchStat, 1)):
+        for path, var in nnx.to_flat_state(nnx.state(model, kind)):
+            counts[_row_of(path)][col] += int(np.prod(var[...].shape))
+    return {row: (params, buffers) for row, (params, buffers) in counts.items()}
+
+
+def device_of(model: ResNet) -> str:
+    return _name(_device(model))
+
+
+def framework_version() -> str:
+    import flax
+
+    return f"flax {flax.__version__} (jax {jax.__version__})"

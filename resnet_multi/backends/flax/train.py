@@ -1,0 +1,235 @@
+"""One training step in Flax NNX: mean softmax cross-entropy, optax SGD.
+
+The textbook NNX step, written once (sgd_step) and compiled once:
+
+    @nnx.jit(donate_argnums=(0, 1))
+    def train_step(model, optimizer, x, labels):
+        loss, grads = nnx.value_and_grad(cross_entropy)(model, x, labels)
+        optimizer.update(model, grads)
+        return loss
+
+bench.py runs the same sgd_step as a pure function of split state under
+jax.jit (pure_step), Flax's pattern for hot loops.
+
+``model`` is a view of the user's model (``nnx.view``) with BN in training
+mode: it shares the model's variables, so the new weights and the running
+statistics (updated by the spec's convention, see model.BatchNorm) land in
+the model itself, whose own mode is left as it was. The step runs in tree
+mode (``graph=False``): NNX treats the model as a plain pytree, the least
+per-call overhead. The model's and the optimizer's buffers are donated, so
+XLA updates them in place instead of keeping two copies.
+
+SGD follows torch.optim.SGD exactly: weight decay added to the gradient
+(optax.add_decayed_weights), the momentum buffer b = momentum * b + g
+(optax.sgd's trace, no dampening, no Nesterov), then w -= lr * b. Weight decay
+applies to every parameter, BN's and biases included, as plain torch SGD.
+
+Mixed precision is Flax's own: the layers get ``dtype=bf16`` (or fp16), the
+compute dtype, while the parameters, their gradients and the optimizer stay
+fp32 (``param_dtype``); BN statistics are computed in fp32 and the loss too.
+fp16 also scales the loss dynamically, as torch.amp.GradScaler does (start
+2**16, halve and skip the step on inf/nan gradients, double after 2000 good
+steps); bf16 has fp32's exponent range and needs none.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from resnet_multi.arch.plan import plan
+from resnet_multi.errors import UserError
+from resnet_multi.weights.canonical import WeightsError, check_tensors
+
+from .model import _device, _nhwc
+from .weights import _SUFFIX, _to_flax_layout, _to_torch_layout
+
+PRECISIONS = {"fp32": None, "bf16": jnp.bfloat16, "fp16": jnp.float16}
+MOMENTUM_PREFIX = "momentum."
+# torch.amp.GradScaler's defaults
+INIT_SCALE, GROWTH_INTERVAL = 2.0**16, 2000
+
+
+class PrecisionUnavailable(UserError, ValueError):
+    """A precision that is unknown."""
+
+
+def compute_dtype(precision: str):
+    """The compute dtype for `precision` (None: plain fp32), or PrecisionUnavailable."""
+    if precision not in PRECISIONS:
+        raise PrecisionUnavailable(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
+
+
+def mode_view(model, train: bool, dtype=None):
+    """A view of `model` sharing its variables: BN in training or inference mode, layers computing in `dtype`.
+
+    nnx.view copies the modules (not the variables), so setting the compute
+    dtype on the view's layers leaves the user's model as it was.
+    """
+    view = nnx.view(model, use_running_average=not train, graph=False)
+    if dtype is not None:
+        for _, module in nnx.iter_modules(view):
+            if isinstance(module, (nnx.Conv, nnx.Linear, nnx.BatchNorm)):
+                module.dtype = dtype  # param_dtype stays float32: Flax casts the weights per layer
+    return view
+
+
+@functools.lru_cache(maxsize=None)
+def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, skip_nonfinite: bool = False
+        ) -> optax.GradientTransformation:
+    """torch.optim.SGD (no dampening, no Nesterov) as an optax chain; skip_nonfinite for fp16 loss scaling.
+
+    One object per set of hyperparameters: the optimizer is part of what nnx.jit
+    compiles for, so two steps with the same settings share one program.
+    """
+    tx = optax.chain(optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
+                     optax.sgd(lr, momentum=momentum or None))
+    # optax.apply_if_finite: a step with inf/nan gradients changes nothing (skip, never give up)
+    return optax.apply_if_finite(tx, max_consecutive_errors=2**31 - 1) if skip_nonfinite else tx
+
+
+def cross_entropy(model, x, labels):
+    logits = model(x).astype(jnp.float32)  # the loss in fp32 whatever the compute dtype
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+class LossScale(nnx.Module):
+    """Dynamic loss scaling for fp16, with torch.amp.GradScaler's schedule."""
+
+    def __init__(self):
+        self.scale = nnx.Variable(jnp.asarray(INIT_SCALE, jnp.float32))
+        self.good_steps = nnx.Variable(jnp.asarray(0, jnp.int32))
+
+    def update(self, finite):
+        grow = finite & (self.good_steps[...] + 1 >= GROWTH_INTERVAL)
+        self.scale[...] = jnp.where(finite, jnp.where(grow, 2.0, 1.0), 0.5) * self.scale[...]
+        self.good_steps[...] = jnp.where(finite & ~grow, self.good_steps[...] + 1, 0)
+
+
+def sgd_step(model, optimizer, scaler, x, labels):
+    """The step's body: loss before the update, gradients, optimizer.update (model and optimizer in place)."""
+    if scaler is None:
+        loss, grads = nnx.value_and_grad(cross_entropy, graph=False)(model, x, labels)
+        optimizer.update(model, grads)
+        return loss
+
+    def scaled(m):
+        loss = cross_entropy(m, x, labels)
+        return loss * scaler.scale[...], loss
+
+    (_, loss), grads = nnx.value_and_grad(scaled, has_aux=True, graph=False)(model)
+    grads = jax.tree.map(lambda g: g / scaler.scale[...], grads)
+    finite = jnp.all(jnp.asarray([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
+    optimizer.update(model, grads)  # optax.apply_if_finite: a step with inf/nan gradients changes nothing
+    scaler.update(finite)
+    return loss
+
+
+# The model, the optimizer and the loss scale are donated: XLA writes the new values over the old ones.
+train_step = nnx.jit(sgd_step, donate_argnums=(0, 1, 2), graph=False)
+
+
+def pure_step(graphdef):
+    """sgd_step as a pure function of split state, for jax.jit: (state, x, labels) -> (new state, loss).
+
+    Flax's pattern for hot loops (used by bench.py): nnx.split once, carry the
+    state through a jax.jit'd function, nnx.update at the end. It skips NNX's
+    per-call flattening of the model (about 3 ms per call for a ResNet-50 here).
+    """
+
+    def run(state, x, labels):
+        model, optimizer, scaler = nnx.merge(graphdef, state)
+        loss = sgd_step(model, optimizer, scaler, x, labels)
+        return nnx.state((model, optimizer, scaler), graph=False), loss
+
+    return run
+
+
+class TrainStep:
+    """step(x, labels) -> loss before the update; the model and the optimizer change in place."""
+
+    def __init__(self, model, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
+                 precision: str = "fp32"):
+        self.model = model
+        self.precision = precision
+        self.dtype = compute_dtype(precision)
+        self.momentum = momentum
+        self.view = mode_view(model, train=True, dtype=self.dtype)
+        tx = sgd(float(lr), float(momentum), float(weight_decay), skip_nonfinite=precision == "fp16")
+        device = _device(model)
+        with jax.default_device(device):
+            self.scaler = LossScale() if precision == "fp16" else None
+            self.optimizer = nnx.Optimizer(self.view, tx, wrt=nnx.Param, graph=False)
+        # Commit every optimizer array to the model's device: an uncommitted one (the step counter) would
+        # make the second call compile the step again.
+        for node in (self.optimizer, self.scaler):
+            for _, var in nnx.to_flat_state(nnx.state(node, graph=False)) if node is not None else ():
+                var.set_value(jax.device_put(var.get_value(), device))
+        self.has_buffers = False  # as torch: no momentum buffers before the first step
+
+    def run(self, x: jax.Array, labels: jax.Array) -> jax.Array:
+        """One step on NHWC arrays already on the device; the loss as a device array (no host sync)."""
+        self.has_buffers = True
+        return train_step(self.view, self.optimizer, self.scaler, x, labels)
+
+    def __call__(self, x, labels) -> float:
+        """x: float32 NCHW numpy, labels: int (N,) numpy -> the mean cross-entropy before the update."""
+        labels = jax.device_put(np.asarray(labels, np.int32), _device(self.model))
+        return float(self.run(_nhwc(self.model, x), labels))
+
+    def traces(self) -> dict[str, nnx.Variable]:
+        """Canonical parameter name -> the optimizer's momentum buffer (empty without momentum)."""
+        out = {}
+        for path, var in nnx.to_flat_state(nnx.state(self.optimizer.opt_state, graph=False)):
+            if "trace" in path:
+                param = path[path.index("trace") + 1:]
+                out[".".join(str(p) for p in param[:-1]) + "." + _SUFFIX[param[-1]]] = var
+        return out
+
+
+def make_train_step(model, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
+                    precision: str = "fp32") -> TrainStep:
+    return TrainStep(model, lr=lr, momentum=momentum, weight_decay=weight_decay, precision=precision)
+
+
+# -- optimizer state with canonical names -------------------------------------------------
+
+
+def optimizer_state(step: TrainStep) -> dict[str, np.ndarray]:
+    """'momentum.<canonical name>' -> float32 numpy momentum buffer, PyTorch layout.
+
+    Empty with momentum 0 (SGD keeps no buffers) or before the first step,
+    as torch.optim.SGD: a zero buffer and no buffer give the same next step.
+    """
+    if not step.has_buffers:
+        return {}
+    return {MOMENTUM_PREFIX + name: np.ascontiguousarray(_to_torch_layout(np.asarray(var.get_value())),
+                                                         dtype=np.float32)
+            for name, var in step.traces().items()}
+
+
+def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> None:
+    """Set the momentum buffers from optimizer_state()'s dict: all or nothing.
+
+    An empty dict clears the buffers (a fresh optimizer); otherwise every
+    trainable parameter needs its buffer, with the parameter's shape.
+    """
+    want = {MOMENTUM_PREFIX + k: tuple(v) for k, v in plan(step.model.spec).param_shapes().items()}
+    if state:
+        check_tensors(want, state, f"optimizer state does not fit {step.model.spec.name}")
+    traces = step.traces()
+    if traces and set(traces) != {k[len(MOMENTUM_PREFIX):] for k in want}:  # model vs its spec: a bug here
+        raise WeightsError(f"flax model of {step.model.spec.name} has parameters outside its spec")
+    new = {name: (np.zeros(var.get_value().shape, np.float32) if not state else
+                  np.ascontiguousarray(_to_flax_layout(np.asarray(state[MOMENTUM_PREFIX + name], np.float32))))
+           for name, var in traces.items()}  # every conversion before any buffer changes
+    for name, var in traces.items():
+        var.set_value(jax.device_put(new[name], var.get_value().sharding))
+    step.has_buffers = bool(state) and step.momentum != 0

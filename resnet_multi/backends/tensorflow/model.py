@@ -1,0 +1,311 @@
+"""The TensorFlow lowering: a ResNetSpec as a Keras 3 functional keras.Model.
+
+Built the way keras.applications builds its ResNets: functions on symbolic
+tensors (stem, block, stage, head), explicit ZeroPadding2D before every
+padded conv, channels_last (NHWC, TensorFlow's fast layout on CPU). Every
+Keras layer that holds weights is named with its canonical name (conv1, bn1,
+layer1.0.conv1, layer1.0.downsample.0, fc; Keras forbids only '/'), so
+``model.get_layer("layer1.0.downsample.0")`` finds it and weights.py maps
+variables by layer name. Layers without weights get derived names
+("layer1.0.conv2.pad", "layer1.0.bn1.relu", "layer1.0.add").
+
+The model returns logits. activations() runs the same graph (same layers, same
+variables) with every layer-table row as a named output, the usual Keras
+feature-extraction model, traced once per mode (model.row_functions).
+
+Every geometric choice comes from resnet_multi.plan.plan(spec); every
+numerics choice from the spec. BN: Keras writes momentum the other way round
+(moving = momentum * moving + (1 - momentum) * batch), so Keras momentum is
+1 - spec.bn.momentum; epsilon passes through. Keras updates moving_variance
+with the biased batch variance (spec running_var='biased'); for 'unbiased'
+(PyTorch's n / (n - 1)) the small BatchNorm subclass below does the update
+itself. Both normalise with the biased batch variance, like the reference.
+
+Keras conv kernels are (kH, kW, I/groups, O); weights.py converts to and from
+the canonical PyTorch layout.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from functools import partial  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import layers, ops  # noqa: E402
+
+from resnet_multi.arch.plan import BlockPlan, Conv, HeadPlan, Norm, StemPlan, plan  # noqa: E402
+from resnet_multi.arch.spec import ResNetSpec  # noqa: E402
+from resnet_multi.errors import BackendUnavailable, DeviceUnavailable  # noqa: E402
+
+FRAMEWORK = "tensorflow"
+
+if keras.backend.backend() != "tensorflow":  # keras was imported before us with another backend
+    raise BackendUnavailable(f"the tensorflow backend needs Keras on TensorFlow, but Keras runs on "
+                             f"{keras.backend.backend()!r}; unset KERAS_BACKEND or set it to 'tensorflow'")
+
+# TF32 (Ampere+) silently rounds matmul/conv inputs to 10 mantissa bits; parity is checked in fp32.
+tf.config.experimental.enable_tensor_float_32_execution(False)
+for _gpu in tf.config.list_physical_devices("GPU"):
+    try:  # share the GPU with other frameworks instead of reserving all of its memory up front
+        tf.config.experimental.set_memory_growth(_gpu, True)
+    except RuntimeError:  # the GPU was already initialised by someone else: leave it as it is
+        pass
+
+
+# -- device handling -------------------------------------------------------------------
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' | 'cpu' | 'gpu' (also 'gpu:N', 'cuda', 'cuda:N') -> a TensorFlow device string ('CPU:0', 'GPU:0')."""
+    name = str(device).strip().lower().removeprefix("/").removeprefix("device:")
+    gpus = tf.config.list_physical_devices("GPU")
+    if name == "auto":
+        name = "gpu" if gpus else "cpu"
+    if name in ("cpu", "cpu:0"):
+        return "CPU:0"
+    kind, _, index = name.partition(":")
+    if kind not in ("gpu", "cuda") or not (index or "0").isdigit():
+        raise DeviceUnavailable(f"unknown device {device!r}; use 'auto', 'cpu' or 'gpu'")
+    if not gpus:
+        raise DeviceUnavailable(f"device {device!r} asked for, but TensorFlow {tf.__version__} sees no GPU")
+    if int(index or 0) >= len(gpus):
+        raise DeviceUnavailable(f"device {device!r} is not there: TensorFlow sees {len(gpus)} GPU(s)")
+    return f"GPU:{int(index or 0)}"
+
+
+# -- layers from plan records ----------------------------------------------------------
+
+
+class BatchNorm(layers.BatchNormalization):
+    """keras BatchNormalization that can update moving_variance the PyTorch way.
+
+    Keras's own update uses the biased batch variance. With
+    ``unbiased_running_var`` the training-mode update uses n / (n - 1) times
+    it (n = N * H * W values per channel), as torch does; normalisation
+    still uses the biased one. Inference is Keras's own code path.
+    """
+
+    def __init__(self, *, unbiased_running_var: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.unbiased_running_var = unbiased_running_var
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable and self.unbiased_running_var) or mask is not None:
+            return super().call(inputs, training=training, mask=mask)
+        # Statistics in float32 whatever the compute dtype, as Keras's own BN does under mixed precision.
+        inputs = ops.cast(inputs, "float32")
+        mean, variance = ops.moments(inputs, axes=[0, 1, 2])  # NHWC: every axis but the channels
+        count = ops.cast(ops.size(inputs) // inputs.shape[self.axis], inputs.dtype)
+        unbiased = variance * count / ops.maximum(count - 1.0, 1.0)  # n = 1 would divide by zero
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum + unbiased * (1.0 - self.momentum))
+        outputs = ops.batch_normalization(inputs, mean, variance, axis=self.axis, offset=self.beta,
+                                          scale=self.gamma, epsilon=self.epsilon)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "unbiased_running_var": self.unbiased_running_var}
+
+
+# Framework details fixed once: NHWC, float32 whatever Keras's global dtype policy says,
+# zero initializers (build() loads the core's seeded weights over them).
+NHWC, FP32 = "channels_last", "float32"
+Conv2D = partial(layers.Conv2D, padding="valid", data_format=NHWC, dtype=FP32,
+                 kernel_initializer="zeros", bias_initializer="zeros")
+ZeroPadding2D = partial(layers.ZeroPadding2D, data_format=NHWC, dtype=FP32)
+MaxPooling2D = partial(layers.MaxPooling2D, padding="valid", data_format=NHWC, dtype=FP32)
+GlobalAveragePooling2D = partial(layers.GlobalAveragePooling2D, data_format=NHWC, dtype=FP32)
+Dense = partial(layers.Dense, dtype=FP32, kernel_initializer="zeros", bias_initializer="zeros")
+ReLU = partial(layers.ReLU, dtype=FP32)
+Add = partial(layers.Add, dtype=FP32)
+
+
+def norm_layer(spec: ResNetSpec):
+    """The spec's BN as a layer factory: Keras momentum = 1 - spec momentum; eps as is."""
+    return partial(BatchNorm, axis=-1, momentum=1.0 - spec.bn.momentum, epsilon=spec.bn.eps,
+                   unbiased_running_var=spec.bn.running_var == "unbiased", dtype=FP32)
+
+
+def conv(x, c: Conv):
+    """Explicit symmetric zero padding, then a 'valid' conv: never 'same' (TF pads that asymmetrically)."""
+    if c.padding:
+        x = ZeroPadding2D(c.padding, name=f"{c.name}.pad")(x)
+    return Conv2D(c.out_channels, c.kernel, strides=c.stride, groups=c.groups, use_bias=c.bias, name=c.name)(x)
+
+
+def bn(x, n: Norm, norm, relu: bool = False):
+    # An affine-free norm (the stem's input_bn) has no gamma/beta: running statistics only.
+    x = norm(center=n.affine, scale=n.affine, name=n.name)(x)
+    return ReLU(name=f"{n.name}.relu")(x) if relu else x
+
+
+# -- stem ------------------------------------------------------------------------------
+
+
+def stem(x, s: StemPlan, norm):
+    """[input_bn (affine-free, no ReLU)] conv1 [bn1-relu] [maxpool 3x3/2, padded by 1 with -inf or zeros]."""
+    if s.input_bn is not None:
+        x = bn(x, s.input_bn, norm)
+    x = conv(x, s.conv)
+    if s.bn is not None:
+        x = ReLU(name="relu")(bn(x, s.bn, norm))
+    if s.pool is not None:
+        pool, p = s.pool, s.pool.padding
+        # Keras has no -inf padding layer, and 'same' pooling would pad asymmetrically.
+        fill = -np.inf if pool.pad_value == "neg_inf" else 0.0
+        x = ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=fill)
+        x = MaxPooling2D(pool.kernel, pool.stride, name=pool.name)(x)
+    return x
+
+
+# -- block -----------------------------------------------------------------------------
+
+
+def block(x, b: BlockPlan, norm):
+    """One residual block, basic or bottleneck (the plan lists its convs), post- or pre-activation.
+
+    Post-activation: conv-bn per conv with a relu between, add the shortcut, relu.
+    Pre-activation: preact_bn-relu, then conv[-bn-relu] per conv (the last
+    conv has no BN), add the shortcut, no relu. A projection shortcut reads
+    the pre-activated input; identity and subsample shortcuts the raw input.
+    """
+    if b.preact:
+        y = shortcut_in = bn(x, b.preact_bn, norm, relu=True)
+        for i, c in enumerate(b.convs):
+            y = conv(y, c)
+            if i < len(b.norms):
+                y = bn(y, b.norms[i], norm, relu=True)
+    else:
+        y = shortcut_in = x
+        for i, (c, n) in enumerate(zip(b.convs, b.norms)):
+            y = bn(conv(y, c), n, norm, relu=i < len(b.convs) - 1)
+
+    if b.shortcut in ("conv", "conv_bn"):
+        shortcut = conv(shortcut_in, b.downsample_conv)
+        if b.downsample_bn is not None:
+            shortcut = bn(shortcut, b.downsample_bn, norm)
+    elif b.shortcut == "subsample":  # keep every stride-th pixel (keras.applications: a 1x1/s max-pool)
+        shortcut = x[:, :: b.stride, :: b.stride, :]
+    else:
+        shortcut = x
+    y = Add(name=f"{b.name}.add")([y, shortcut])
+    return y if b.preact else ReLU(name=f"{b.name}.relu")(y)
+
+
+# -- stage -----------------------------------------------------------------------------
+
+
+def stage(x, blocks: tuple[BlockPlan, ...], norm, rows: dict):
+    """A run of blocks (torchvision's layerN); each block's output is a layer-table row."""
+    for b in blocks:
+        x = rows[b.name] = block(x, b, norm)
+    return x
+
+
+# -- head ------------------------------------------------------------------------------
+
+
+def head(x, h: HeadPlan, norm, rows: dict):
+    """[post_bn-relu (pre-activation)] global average pool, fc (logits)."""
+    if h.post_bn is not None:
+        x = rows["post_bn"] = bn(x, h.post_bn, norm, relu=True)
+    x = rows["avgpool"] = GlobalAveragePooling2D(name="avgpool")(x)
+    x = rows["fc"] = Dense(h.fc.out_features, name=h.fc.name)(x)
+    return x
+
+
+# -- build -----------------------------------------------------------------------------
+
+
+def build(spec: ResNetSpec, device: str = "auto", seed: int = 0) -> keras.Model:
+    """The functional keras.Model for `spec` on `device`, loaded with init_weights(spec, seed).
+
+    Keras layers hold no train/eval flag: every call is inference unless it
+    passes training=True, so the model is in inference mode as built.
+    """
+    from resnet_multi.weights.canonical import init_weights
+
+    from . import weights
+
+    device = resolve_device(device)
+    p = plan(spec)
+    norm = norm_layer(spec)
+    with tf.device(device):  # variables live where they are created
+        image = keras.Input(shape=(None, None, spec.in_channels), name="image", dtype=FP32)
+        rows: dict = {}
+        x = rows["stem"] = stem(image, p.stem, norm)
+        for blocks in p.stages:
+            x = stage(x, blocks, norm, rows)
+        logits = head(x, p.head, norm, rows)
+        model = keras.Model(image, logits, name=spec.name)
+        # The same graph (same layers, same variables) with every layer-table row as an output.
+        rows_model = keras.Model(image, rows, name=f"{spec.name}.rows")
+    model.spec = spec
+    model.row_names = tuple(rows)  # in model order: Keras may return dict outputs sorted by key
+    # One traced graph per mode for any batch and image size. Kept inside tf.functions, where
+    # Keras's weight files do not look: a .weights.h5 holds the model's layers once.
+    signature = [tf.TensorSpec((None, None, None, spec.in_channels), tf.float32)]
+    model.row_functions = {train: tf.function(partial(rows_model, training=train), input_signature=signature)
+                           for train in (False, True)}
+    weights.from_canonical(model, init_weights(spec, seed))
+    return model
+
+
+# -- contract functions ----------------------------------------------------------------
+
+
+def activations(model: keras.Model, x: np.ndarray, train: bool = False) -> dict[str, np.ndarray]:
+    """Every layer-table row's output as numpy: 4-D ones NCHW, 'avgpool' (N, C), 'fc' (N, classes).
+
+    train=True: BN normalises with batch statistics and updates its moving ones.
+    """
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32).transpose(0, 2, 3, 1))  # NCHW -> NHWC
+    with tf.device(device_of(model)):
+        out = model.row_functions[bool(train)](tf.constant(x))
+    return {name: _to_nchw(out[name].numpy()) for name in model.row_names}
+
+
+def _to_nchw(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.transpose(0, 3, 1, 2)) if a.ndim == 4 else a
+
+
+def forward(model: keras.Model, x: np.ndarray, train: bool = False) -> np.ndarray:
+    """Logits (N, classes) as numpy."""
+    return activations(model, x, train=train)["fc"]
+
+
+def _row_of(layer_name: str) -> str:
+    """The layer-table row a layer belongs to, from its canonical or derived name."""
+    parts = layer_name.split(".")
+    if parts[0].startswith("layer"):
+        return ".".join(parts[:2])
+    if parts[0] in ("post_bn", "avgpool", "fc"):
+        return parts[0]
+    return "stem"  # input_bn, conv1, bn1, relu, maxpool
+
+
+def row_counts(model: keras.Model) -> dict[str, tuple[int, int]]:
+    """Row -> (trainable params, BN moving statistics), counted from the layers' Keras variables."""
+    counts = {name: [0, 0] for name in model.row_names}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        row = counts[_row_of(layer.name)]
+        row[0] += sum(int(np.prod(v.shape)) for v in layer.trainable_weights)
+        row[1] += sum(int(np.prod(v.shape)) for v in layer.non_trainable_weights)
+    return {name: (params, buffers) for name, (params, buffers) in counts.items()}
+
+
+def device_of(model: keras.Model) -> str:
+    """Where the model's variables are, as 'CPU:0' / 'GPU:0'."""
+    spec = tf.DeviceSpec.from_string(model.weights[0].value.device)
+    return f"{spec.device_type}:{spec.device_index or 0}"
+
+
+def framework_version() -> str:
+    return f"{tf.__version__} (keras {keras.__version__})"

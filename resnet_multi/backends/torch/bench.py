@@ -1,0 +1,117 @@
+"""Timed inference and training steps with PyTorch's own best practice.
+
+- channels_last (NHWC in memory) for the model's 4-D tensors and the input:
+  cuDNN's and oneDNN's fastest convolution kernels use it;
+- torch.inference_mode() for inference (no autograd bookkeeping at all);
+- torch.autocast for bf16 / fp16 (weights stay fp32, see train.py);
+- torch.compile(model) when compile=True;
+- on CUDA: cudnn.benchmark (pick the fastest kernel for these fixed shapes),
+  torch.cuda.synchronize() before a timing stops, and the peak memory from
+  torch.cuda.max_memory_allocated(). TF32 stays off (fp32 means fp32).
+
+The benchmark leaves the model as it found it: its memory format, its
+train/eval mode and, after a training benchmark, its weights, running
+statistics and BN counters (the SGD steps are timed, then undone).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from resnet_multi.timing import time_callable
+
+from .train import TrainStep, autocast_dtype
+
+MODES = ("infer", "train")
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        return lambda _: torch.cuda.synchronize(device)
+    return lambda _: None  # CPU ops are synchronous
+
+
+def benchmark(model: torch.nn.Module, x, mode: str = "infer", precision: str = "fp32", repeats: int = 5,
+              warmup: int = 2, compile: bool = False) -> dict[str, Any]:
+    """Time `repeats` forward passes (mode 'infer') or SGD steps (mode 'train') on the batch x (NCHW numpy)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    device = next(model.parameters()).device
+    dtype = autocast_dtype(precision, device)
+    cuda = device.type == "cuda"
+    x_np = np.ascontiguousarray(x, dtype=np.float32)
+    batch = x_np.shape[0]
+
+    practice = ["channels_last"]
+    practice.append("inference_mode" if mode == "infer" else "torch.optim.SGD step")
+    if dtype is not None:
+        practice.append(f"autocast({precision})" + ("+GradScaler" if mode == "train" and precision == "fp16" else ""))
+    if compile:
+        practice.append("torch.compile")
+    if cuda:
+        practice.append("cudnn.benchmark")
+
+    was_training = model.training
+    # A copy on the host, so that it does not count in the device's peak memory.
+    saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()} if mode == "train" else None
+    old_benchmark = torch.backends.cudnn.benchmark
+    model.to(memory_format=torch.channels_last)
+    try:
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+        # The input goes to the device once, outside the timing.
+        xt = torch.from_numpy(x_np).to(device).contiguous(memory_format=torch.channels_last)
+        forward = torch.compile(model) if compile else model
+        if mode == "infer":
+            model.eval()
+
+            def run():
+                with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    return forward(xt)
+        else:
+            labels = (torch.arange(batch, device=device) % model.spec.num_classes).long()
+            step = TrainStep(model, lr=0.01, precision=precision)
+            step.forward = forward
+
+            def run():
+                return step.run(xt, labels)
+
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        result = time_callable(run, _sync(device), batch, repeats=repeats, warmup=warmup)
+        if cuda:
+            result["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    finally:
+        torch.backends.cudnn.benchmark = old_benchmark
+        model.to(memory_format=torch.contiguous_format)
+        if saved is not None:
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    v.copy_(saved[k])
+        model.train(was_training)
+    result.update(mode=mode, precision=precision, practice=", ".join(practice), device=str(device))
+    return result
+
+
+# -- the framework's own ResNet-50, for benchmarks/vs_native.py ------------------------------
+
+NATIVE = "torchvision.models.resnet50"
+NATIVE_PRESET = "resnet50"
+
+
+def benchmark_native(x, mode: str = "infer", precision: str = "fp32", repeats: int = 5, device: str = "cpu",
+                     num_classes: int = 1000, compile: bool = False) -> dict[str, Any]:
+    """torchvision's ResNet-50, timed by exactly the same code path as ours."""
+    import torchvision
+
+    from resnet_multi.arch.presets import get
+
+    from .model import resolve_device
+
+    model = torchvision.models.resnet50(weights=None, num_classes=num_classes).to(resolve_device(device)).eval()
+    model.spec = get(NATIVE_PRESET)  # same architecture and names: the train step needs only the class count
+    return benchmark(model, x, mode=mode, precision=precision, repeats=repeats, compile=compile)

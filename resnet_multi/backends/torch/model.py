@@ -1,0 +1,339 @@
+"""The PyTorch lowering: a ResNetSpec as a torch.nn.Module.
+
+The model mirrors torchvision.models.ResNet, so its state_dict keys ARE the
+canonical names (conv1.weight, layer1.0.downsample.0.weight, fc.bias, ...),
+plus BN's num_batches_tracked buffers, which are not canonical. torch
+computes in NCHW, the canonical layout: nothing is transposed anywhere.
+
+Every geometric choice comes from resnet_multi.plan.plan(spec); every
+numerics choice from the spec (BN eps and momentum: torch's own convention,
+so they pass through unchanged). Padding is explicit and symmetric.
+
+BN running variance: nn.BatchNorm2d updates running_var with the unbiased
+batch variance, which is the spec's 'unbiased'. For 'biased' (Keras/Flax)
+a small subclass, BatchNorm2d below, updates it with the biased one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnet_multi.arch.plan import BlockPlan, Conv, Linear, Norm, Plan, StemPlan, plan
+from resnet_multi.arch.spec import BatchNorm as BNSpec
+from resnet_multi.arch.spec import ResNetSpec
+from resnet_multi.errors import DeviceUnavailable
+from resnet_multi.weights.canonical import init_weights
+
+from .weights import from_canonical
+
+FRAMEWORK = "torch"
+
+
+# -- device handling ---------------------------------------------------------------
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' | 'cpu' | 'gpu' (also 'cuda', 'cuda:N') -> a concrete torch device string."""
+    name = str(device).strip().lower()
+    if name == "auto":
+        name = "cuda:0" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    if name in ("gpu", "cuda"):
+        name = "cuda:0"
+    if not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise DeviceUnavailable(f"unknown device {device!r}; use 'auto', 'cpu' or 'gpu'")
+    if not torch.cuda.is_available():
+        raise DeviceUnavailable(f"device {device!r} asked for, but torch {torch.__version__} sees no CUDA GPU")
+    if int(name[5:]) >= torch.cuda.device_count():
+        raise DeviceUnavailable(f"device {device!r} is not there: torch sees {torch.cuda.device_count()} GPU(s)")
+    return name
+
+
+def _fp32_only() -> None:
+    # TF32 (Ampere+) silently rounds matmul/conv inputs to 10 mantissa bits; parity is checked in fp32.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+# -- layers from plan records --------------------------------------------------------
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d that can update running_var with the biased batch variance.
+
+    Normalisation always uses the biased variance (as every framework does);
+    only the running-statistics update differs between conventions.
+    """
+
+    def __init__(self, channels: int, eps: float, momentum: float, affine: bool, biased_running_var: bool):
+        super().__init__(channels, eps=eps, momentum=momentum, affine=affine)
+        self.biased_running_var = biased_running_var
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.biased_running_var):
+            return super().forward(x)  # native: eval, or training with the unbiased update
+        with torch.no_grad():
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+            self.running_mean.lerp_(mean, self.momentum)  # (1 - m) * running + m * batch
+            self.running_var.lerp_(var, self.momentum)
+            self.num_batches_tracked.add_(1)
+        # Normalise with batch statistics; passing no running stats leaves them to the update above.
+        return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", running_var=biased" if self.biased_running_var else "")
+
+
+def conv2d(c: Conv) -> nn.Conv2d:
+    return nn.Conv2d(c.in_channels, c.out_channels, c.kernel, stride=c.stride, padding=c.padding,
+                     groups=c.groups, bias=c.bias)
+
+
+def batch_norm(n: Norm, bn: BNSpec) -> nn.BatchNorm2d:
+    # The spec's momentum is torch's convention: it passes through unchanged.
+    if bn.running_var == "biased":
+        return BatchNorm2d(n.channels, bn.eps, bn.momentum, n.affine, biased_running_var=True)
+    return nn.BatchNorm2d(n.channels, eps=bn.eps, momentum=bn.momentum, affine=n.affine)
+
+
+def _short(name: str) -> str:
+    """The attribute name inside a block: 'layer1.0.conv1' -> 'conv1'."""
+    return name.rsplit(".", 1)[-1]
+
+
+# -- stem ------------------------------------------------------------------------------
+
+
+def max_pool(pool_padding: str) -> nn.Module:
+    """The stem's 3x3/2 max-pool, padded by 1 on every side."""
+    if pool_padding == "neg_inf":
+        return nn.MaxPool2d(3, stride=2, padding=1)  # torch pads max-pools with -inf: the true max
+    # keras.applications: ZeroPadding2D then an unpadded pool; differs when inputs can be negative.
+    return nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(3, stride=2, padding=0))
+
+
+def stem_layers(stem: StemPlan, bn: BNSpec) -> dict[str, nn.Module]:
+    """[input_bn ->] conv1 [-> bn1 -> relu] [-> maxpool], kept at the model's top level like torchvision."""
+    layers: dict[str, nn.Module] = {}
+    if stem.input_bn is not None:  # Gluon v2: an affine-free BN standardising the raw data (no ReLU)
+        layers["input_bn"] = batch_norm(stem.input_bn, bn)
+    layers["conv1"] = conv2d(stem.conv)
+    if stem.bn is not None:
+        layers["bn1"] = batch_norm(stem.bn, bn)
+    if stem.pool is not None:
+        layers["maxpool"] = max_pool(stem.pool.pad_value)
+    return layers
+
+
+# -- block ------------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    """One residual block, basic (3x3, 3x3) or bottleneck (1x1, grouped 3x3, 1x1).
+
+    Post-activation (v1): conv1-bn1-relu-conv2-bn2[-relu-conv3-bn3] + shortcut, relu.
+    Pre-activation (v2):  preact_bn-relu-conv1-bn1-relu-conv2[-bn2-relu-conv3] + shortcut, no relu;
+    a projection shortcut reads the pre-activated input, identity/subsample the raw one.
+    Which conv strides, the groups and the biases are already resolved in the plan.
+    """
+
+    def __init__(self, block: BlockPlan, bn: BNSpec):
+        super().__init__()
+        self.preact = block.preact
+        self.stride = block.stride
+        self.shortcut = block.shortcut  # 'identity' | 'subsample' | 'conv' | 'conv_bn'
+        if block.preact_bn is not None:
+            self.preact_bn = batch_norm(block.preact_bn, bn)
+        self.conv_names = [_short(c.name) for c in block.convs]
+        self.norm_names = [_short(n.name) for n in block.norms]
+        for i, conv in enumerate(block.convs):  # torchvision's order: conv1, bn1, conv2, bn2, ...
+            self.add_module(self.conv_names[i], conv2d(conv))
+            if i < len(block.norms):
+                self.add_module(self.norm_names[i], batch_norm(block.norms[i], bn))
+        if block.downsample_conv is not None:  # downsample.0 = 1x1 conv, downsample.1 = its BN (conv_bn)
+            parts = [conv2d(block.downsample_conv)]
+            if block.downsample_bn is not None:
+                parts.append(batch_norm(block.downsample_bn, bn))
+            self.downsample = nn.Sequential(*parts)
+        else:
+            self.downsample = None
+        # In place, as torchvision: no extra tensor per activation (memory traffic is
+        # what bounds a CPU). Safe: each ReLU overwrites a BN or add output nothing else keeps.
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch_in = self.relu(self.preact_bn(x)) if self.preact else x
+        out = branch_in
+        last = len(self.conv_names) - 1
+        for i, conv_name in enumerate(self.conv_names):
+            out = getattr(self, conv_name)(out)
+            if i < len(self.norm_names):  # pre-activation blocks have no BN after the last conv
+                out = getattr(self, self.norm_names[i])(out)
+            if i < last:
+                out = self.relu(out)
+        if self.downsample is not None:
+            identity = self.downsample(branch_in)
+        elif self.shortcut == "subsample":  # keep every stride-th pixel: a 1x1/stride identity
+            identity = x[:, :, :: self.stride, :: self.stride]
+        else:
+            identity = x
+        out += identity
+        return out if self.preact else self.relu(out)
+
+
+# -- stage ------------------------------------------------------------------------------
+
+
+def stage(blocks: tuple[BlockPlan, ...], bn: BNSpec) -> nn.Sequential:
+    """layerI: its blocks as layerI.0, layerI.1, ..."""
+    return nn.Sequential(*(Block(b, bn) for b in blocks))
+
+
+# -- head -------------------------------------------------------------------------------
+
+
+def head_layers(p: Plan, bn: BNSpec) -> dict[str, nn.Module]:
+    """[post_bn -> relu (pre-activation)] -> global average pool -> fc."""
+    layers: dict[str, nn.Module] = {}
+    if p.head.post_bn is not None:
+        layers["post_bn"] = batch_norm(p.head.post_bn, bn)
+    fc: Linear = p.head.fc
+    layers["avgpool"] = nn.AdaptiveAvgPool2d(1)
+    layers["fc"] = nn.Linear(fc.in_features, fc.out_features)
+    return layers
+
+
+# -- build -------------------------------------------------------------------------------
+
+
+class ResNet(nn.Module):
+    """torchvision's layout: [input_bn], conv1, [bn1], [maxpool], layer1..layerK, [post_bn], avgpool, fc."""
+
+    def __init__(self, spec: ResNetSpec):
+        super().__init__()
+        self.spec = spec
+        p = plan(spec)
+        for name, layer in stem_layers(p.stem, spec.bn).items():
+            self.add_module(name, layer)
+        self.stage_names = [f"layer{i + 1}" for i in range(len(p.stages))]
+        for name, blocks in zip(self.stage_names, p.stages):
+            self.add_module(name, stage(blocks, spec.bn))
+        for name, layer in head_layers(p, spec.bn).items():
+            self.add_module(name, layer)
+        self.relu = nn.ReLU(inplace=False)
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "input_bn"):
+            x = self.input_bn(x)
+        x = self.conv1(x)
+        if hasattr(self, "bn1"):
+            x = self.relu(self.bn1(x))
+        return self.maxpool(x) if hasattr(self, "maxpool") else x
+
+    def rows(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The output of every layer-table row, in order."""
+        out = {"stem": self.stem(x)}
+        x = out["stem"]
+        for stage_name in self.stage_names:
+            for j, block in enumerate(getattr(self, stage_name)):
+                x = out[f"{stage_name}.{j}"] = block(x)
+        if hasattr(self, "post_bn"):
+            x = out["post_bn"] = self.relu(self.post_bn(x))
+        x = out["avgpool"] = self.avgpool(x)
+        out["fc"] = self.fc(torch.flatten(x, 1))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage_name in self.stage_names:
+            x = getattr(self, stage_name)(x)
+        if hasattr(self, "post_bn"):
+            x = self.relu(self.post_bn(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def build(spec: ResNetSpec, device: str = "auto", seed: int = 0) -> ResNet:
+    """The native model with the core's seeded weights, on `device`, in eval mode."""
+    dev = resolve_device(device)
+    if dev.startswith("cuda"):
+        _fp32_only()
+    # Build without torch's own init (the canonical weights overwrite every tensor anyway).
+    with torch.device("meta"):
+        model = ResNet(spec)
+    model = model.to_empty(device=dev)
+    for name, buf in model.named_buffers():
+        if name.endswith("num_batches_tracked"):  # not canonical: start counting from zero
+            buf.zero_()
+    from_canonical(model, init_weights(spec, seed))
+    return model.eval()
+
+
+# -- the contract -------------------------------------------------------------------------
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
+def _input(model: ResNet, x) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)).to(device_of(model))
+
+
+def activations(model: ResNet, x, train: bool = False) -> dict[str, np.ndarray]:
+    """Every layer-table row's output (NCHW numpy). train=True: batch-statistics BN, running stats updated."""
+    was_training = model.training
+    model.train(train)
+    try:
+        with torch.no_grad():  # running-stat updates happen without autograd too
+            rows = model.rows(_input(model, x))
+    finally:
+        model.train(was_training)
+    return {name: _to_numpy(t) for name, t in rows.items()}
+
+
+def forward(model: ResNet, x, train: bool = False) -> np.ndarray:
+    """Logits (N, classes) as numpy."""
+    was_training = model.training
+    model.train(train)
+    try:
+        with torch.no_grad():
+            logits = model(_input(model, x))
+    finally:
+        model.train(was_training)
+    return _to_numpy(logits)
+
+
+def _is_running_stat(name: str) -> bool:
+    return name.endswith(("running_mean", "running_var"))  # num_batches_tracked is not a statistic
+
+
+def _count(modules) -> tuple[int, int]:
+    params = sum(t.numel() for m in modules for t in m.parameters() if t.requires_grad)
+    buffers = sum(t.numel() for m in modules for n, t in m.named_buffers() if _is_running_stat(n))
+    return params, buffers
+
+
+def row_counts(model: ResNet) -> dict[str, tuple[int, int]]:
+    """Row -> (trainable params, BN running-stat elements), counted from the module's own tensors."""
+    stem = [getattr(model, n) for n in ("input_bn", "conv1", "bn1") if hasattr(model, n)]
+    counts = {"stem": _count(stem)}
+    for stage_name in model.stage_names:
+        for j, block in enumerate(getattr(model, stage_name)):
+            counts[f"{stage_name}.{j}"] = _count([block])
+    if hasattr(model, "post_bn"):
+        counts["post_bn"] = _count([model.post_bn])
+    counts["avgpool"] = _count([model.avgpool])
+    counts["fc"] = _count([model.fc])
+    return counts
+
+
+def device_of(model: ResNet) -> str:
+    return str(next(model.parameters()).device)
+
+
+def framework_version() -> str:
+    return torch.__version__

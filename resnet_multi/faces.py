@@ -1,0 +1,211 @@
+"""One face per backend: the same attributes for all four frameworks, loaded lazily.
+
+``resnet_multi.backend("flax")`` returns the flax ``BackendFace``. Making one
+imports nothing; the framework is imported on the first call that needs it,
+and a missing one is a ``BackendUnavailable`` naming the extra to install.
+Every part of the core that drives a framework goes through a face, so the
+core never imports a backend module by name (docs/architecture.md).
+
+Behind the face, every backend is the package ``resnet_multi.backends.<name>``
+with the same files (docs/backends.md):
+
+    model.py    the lowering (stem, block, stage, head, build) and the model functions
+    weights.py  canonical state <-> the live model's variables
+    files.py    the framework's own weight files
+    train.py    TrainStep (one SGD step) and its optimizer state
+    bench.py    timed inference and training, and the framework's own ResNet-50
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from functools import lru_cache
+from types import ModuleType
+from typing import Any, Mapping
+
+from resnet_multi.arch.spec import ResNetSpec
+from resnet_multi.errors import BackendUnavailable
+
+# backend name -> (modules that must import, the extra that installs them)
+BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "torch": (("torch",), "torch"),
+    "tensorflow": (("tensorflow", "keras"), "tensorflow"),
+    "flax": (("jax", "flax"), "flax"),
+    "mxnet": (("mxnet",), "mxnet"),
+}
+ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "jax": "flax", "gluon": "mxnet"}
+PARTS = ("model", "weights", "files", "train", "bench")
+
+
+def names() -> list[str]:
+    return list(BACKENDS)
+
+
+def canonical_name(name: str) -> str:
+    """'tf' -> 'tensorflow'; an unknown name is a BackendUnavailable listing the known ones."""
+    key = ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in BACKENDS:
+        raise BackendUnavailable(f"unknown backend {name!r}; known backends: {', '.join(BACKENDS)}")
+    return key
+
+
+def install_hint(name: str) -> str:
+    return f'pip install "resnet-multi[{BACKENDS[canonical_name(name)][1]}]"'
+
+
+def importable(name: str) -> bool:
+    """Whether the backend's framework is installed here (finds it, imports nothing)."""
+    return all(importlib.util.find_spec(m) is not None for m in BACKENDS[canonical_name(name)][0])
+
+
+class BackendFace:
+    """A backend's whole contract. Arrays in and out are NumPy: images NCHW float32, labels int."""
+
+    def __init__(self, name: str):
+        self.name = canonical_name(name)
+        self.extra = BACKENDS[self.name][1]
+
+    def __repr__(self) -> str:
+        return f"<backend {self.name}>"
+
+    def module(self, part: str) -> ModuleType:
+        """``resnet_multi.backends.<name>.<part>``, imported on first use."""
+        if part not in PARTS:
+            raise ValueError(f"a backend has the parts {', '.join(PARTS)}, not {part!r}")
+        return _load(self.name, part)
+
+    # -- the model ---------------------------------------------------------------------
+
+    def build(self, spec: ResNetSpec, device: str = "auto", seed: int = 0,
+              state: Mapping[str, Any] | None = None):
+        """The native model in inference mode: the spec's seeded init, or ``state`` (a canonical state) instead."""
+        return self.module("model").build(spec, device=device, seed=seed, state=state)
+
+    def forward(self, model, x, train: bool = False):
+        """Logits (N, classes). train=True: BN uses batch statistics and updates its running ones."""
+        return self.module("model").forward(model, x, train=train)
+
+    def activations(self, model, x, train: bool = False) -> dict:
+        """Every layer-table row's output in order ('stem', 'layer1.0', ..., 'avgpool', 'fc'), NCHW."""
+        return self.module("model").activations(model, x, train=train)
+
+    def row_counts(self, model) -> dict[str, tuple[int, int]]:
+        """Row -> (trainable params, BN running-stat elements), counted from the framework's variables."""
+        return self.module("model").row_counts(model)
+
+    def device_of(self, model) -> str:
+        return self.module("model").device_of(model)
+
+    def resolve_device(self, device: str = "auto") -> str:
+        """'auto' | 'cpu' | 'gpu' | 'gpu:N' (also 'cuda[:N]') -> this framework's device string."""
+        return self.module("model").resolve_device(device)
+
+    def devices(self) -> list[str]:
+        """The devices this framework sees here, in its own spelling ('cpu', 'cuda:0', 'GPU:0', ...)."""
+        return self.module("model").devices()
+
+    def version(self) -> str:
+        return self.module("model").framework_version()
+
+    # -- weights: canonical state <-> the live model, and the framework's own files -----
+
+    def to_canonical(self, model) -> dict:
+        """Every parameter and running statistic: canonical names, PyTorch layout, float32."""
+        return self.module("weights").to_canonical(model)
+
+    def from_canonical(self, model, state: Mapping[str, Any]) -> None:
+        """Load a canonical state into the model: all or nothing."""
+        self.module("weights").from_canonical(model, state)
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The weight-file formats this backend reads and writes (see ``resnet-multi convert``)."""
+        return self.module("files").FORMATS
+
+    def read_file(self, path, spec: ResNetSpec, fmt: str) -> dict:
+        """A native weights file -> canonical state, refused whole unless every tensor fits."""
+        return self.module("files").read_file(path, spec, fmt)
+
+    def write_file(self, state: Mapping[str, Any], path, spec: ResNetSpec, fmt: str) -> None:
+        """Canonical state -> a native weights file, written atomically."""
+        self.module("files").write_file(state, path, spec, fmt)
+
+    # -- training -------------------------------------------------------------------------
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return tuple(self.module("train").PRECISIONS)
+
+    def make_train_step(self, model, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
+                        precision: str = "fp32"):
+        """step(x, labels) -> the loss before one SGD step (torch.optim.SGD semantics); the model changes in place."""
+        return self.module("train").TrainStep(model, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                              precision=precision)
+
+    def optimizer_state(self, step) -> dict:
+        """'momentum.<canonical name>' -> momentum buffer (PyTorch layout); empty before the first step."""
+        return self.module("train").optimizer_state(step)
+
+    def load_optimizer_state(self, step, state: Mapping[str, Any]) -> None:
+        self.module("train").load_optimizer_state(step, state)
+
+    # -- benchmarks -----------------------------------------------------------------------
+
+    def benchmark(self, model, x, mode: str = "infer", precision: str = "fp32", repeats: int = 5,
+                  warmup: int = 2, compile: bool = False) -> dict:
+        """Time inference ('infer') or SGD steps ('train') with the framework's best practice."""
+        return self.module("bench").benchmark(model, x, mode=mode, precision=precision, repeats=repeats,
+                                              warmup=warmup, compile=compile)
+
+    @property
+    def native(self) -> str:
+        """The framework's own ResNet-50, in words ('torchvision.models.resnet50')."""
+        return self.module("bench").NATIVE
+
+    @property
+    def native_preset(self) -> str:
+        """Our preset with the same architecture as ``native``."""
+        return self.module("bench").NATIVE_PRESET
+
+    def benchmark_native(self, x, mode: str = "infer", precision: str = "fp32", repeats: int = 5,
+                         warmup: int = 2, compile: bool = False, device: str = "cpu",
+                         num_classes: int = 1000) -> dict:
+        """The framework's own ResNet-50 timed by exactly the code path of ``benchmark``."""
+        return self.module("bench").benchmark_native(x, mode=mode, precision=precision, repeats=repeats,
+                                                     warmup=warmup, compile=compile, device=device,
+                                                     num_classes=num_classes)
+
+
+@lru_cache(maxsize=None)
+def backend(name: str) -> BackendFace:
+    """The face of a backend by name or alias ('torch', 'tf', 'jax', 'gluon', ...); imports nothing."""
+    return BackendFace(name)
+
+
+def available() -> list[str]:
+    """Backends whose framework imports in this environment (imports them)."""
+    found = []
+    for key in BACKENDS:
+        try:
+            backend(key).module("model")
+        except BackendUnavailable:
+            continue
+        found.append(key)
+    return found
+
+
+def _load(key: str, part: str) -> ModuleType:
+    if key == "tensorflow":
+        # Keras 3 picks its backend at first import: ours is TensorFlow unless the user chose.
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    for module in BACKENDS[key][0]:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise BackendUnavailable(
+                f"backend {key!r} needs {module}, which is not installed here ({exc.__class__.__name__}: {exc}); "
+                f"install it with: {install_hint(key)}"
+            ) from None
+    return importlib.import_module(f"resnet_multi.backends.{key}.{part}")

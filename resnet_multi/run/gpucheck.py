@@ -1,0 +1,123 @@
+"""The prepared GPU check: ``python -m resnet_multi.gpucheck`` (one command, no nox).
+
+On a machine whose Python already has some of the frameworks, it builds
+every backend it can import on the GPU, checks the measured layer table
+against the analytic one, checks fp32 parity against the NumPy reference
+(TF32 off), and times inference and, where the backend has a training step,
+a ResNet-50 training step, in fp32 and bf16 with the backend's bench. Backends whose framework is missing are listed
+as skipped. ``--device cpu`` rehearses the same script on a CPU machine.
+Exit status: 0 when every importable backend passed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from resnet_multi import faces
+from resnet_multi.arch.presets import get
+from resnet_multi.arch.shapes import layer_table
+from resnet_multi.errors import UserError
+from resnet_multi.numerics.parity import parity_report
+from resnet_multi.run.measure import first_difference, measured_table
+
+
+def check_backend(backend: str, device: str, batch: int, size: int, repeats: int,
+                  precisions: tuple[str, ...] = ("fp32",)) -> dict[str, Any]:
+    result: dict[str, Any] = {"backend": backend}
+    face = faces.backend(backend)
+    result["framework_version"] = face.version()
+    result["device"] = face.resolve_device(device)
+
+    spec = get("resnet50")
+    shape = (3, size, size)
+    measured, _ = measured_table(spec, backend, shape, device=device, batch=2)
+    result["table_matches_spec"] = first_difference(layer_table(spec, shape), measured) or "yes"
+    result["layers"] = [r.to_dict() for r in measured.layers]
+
+    parity = parity_report("resnet50", backend, (3, 64, 64), seed=0, mode="eval", batch=2, device=device)
+    result["parity"] = {k: parity[k] for k in ("max_abs_diff", "tolerance", "ok", "first_divergent_layer")}
+
+    model = face.build(spec, device=device)
+    x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+    result["timings"] = {}
+    for precision in precisions:
+        for mode in ("infer", "train"):
+            key = f"{mode}_{precision}"
+            try:  # the backend's best practice (channels_last, jit, ...)
+                timing = face.benchmark(model, x, mode=mode, precision=precision, repeats=repeats)
+            except Exception as exc:  # one precision unsupported: say so, keep going
+                timing = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+            result["timings"][key] = timing
+    result["ok"] = result["table_matches_spec"] == "yes" and parity["ok"]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m resnet_multi.gpucheck", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="gpu", choices=("gpu", "cpu", "auto"))
+    parser.add_argument("--backends", default=",".join(faces.names()), help="comma-separated (default: all)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224, help="image size for timing (default 224)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--precisions", default="fp32,bf16", help="timed precisions (default fp32,bf16)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    results = []
+    for name in args.backends.split(","):
+        start = time.perf_counter()
+        try:
+            res = check_backend(faces.canonical_name(name), args.device, args.batch_size, args.size, args.repeats,
+                                tuple(args.precisions.split(",")))
+        except UserError as exc:  # framework missing, no GPU
+            res = {"backend": name, "skipped": str(exc)}
+        except Exception as exc:  # a real failure: report it, keep checking the others
+            res = {"backend": name, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        res["seconds"] = round(time.perf_counter() - start, 1)
+        results.append(res)
+        if not args.json:
+            _print(res)
+    checked = [r for r in results if "skipped" not in r]
+    ok = bool(checked) and all(r.get("ok") for r in checked)
+    if args.json:
+        print(json.dumps({"device": args.device, "results": results, "ok": ok}, indent=2))
+    else:
+        print(f"\n{'PASS' if ok else 'FAIL'}: {len(checked)} backend(s) checked, "
+              f"{len(results) - len(checked)} skipped")
+    return 0 if ok else 1
+
+
+def _print(res: dict[str, Any]) -> None:
+    name = res["backend"]
+    if "skipped" in res:
+        print(f"== {name}: skipped: {res['skipped']}")
+        return
+    if "error" in res:
+        print(f"== {name}: ERROR {res['error']}")
+        return
+    print(f"== {name} {res['framework_version']} on {res['device']} ({res['seconds']} s)")
+    for row in res["layers"]:
+        print(f"   {row['name']:<10} {'x'.join(map(str, row['output_shape'])):>14} {row['params']:>12,} "
+              f"{row['buffers']:>8,}")
+    print(f"   layer table equals the spec: {res['table_matches_spec']}")
+    p = res["parity"]
+    print(f"   fp32 parity vs NumPy (resnet50, 2x3x64x64): max |diff| {p['max_abs_diff']:.3g} "
+          f"(tolerance {p['tolerance']:.3g}) {'ok' if p['ok'] else 'FAIL at ' + str(p['first_divergent_layer'])}")
+    for key, timing in res["timings"].items():
+        mode, precision = key.split("_")
+        if "error" in timing:
+            print(f"   {mode:5s} {precision}: {timing['error']}")
+            continue
+        mem = f", peak {timing['peak_memory_mb']:.0f} MB" if timing.get("peak_memory_mb") else ""
+        print(f"   {mode:5s} {precision}: {timing['median_s'] * 1e3:8.1f} ms/batch median, "
+              f"{timing['images_per_s']:7.0f} images/s{mem}  [{timing.get('practice', 'forward')}]")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

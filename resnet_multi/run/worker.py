@@ -1,0 +1,88 @@
+"""One backend's part of ``compare``, run inside that backend's environment.
+
+``python -m resnet_multi.run.worker --backend B --request request.json`` reads
+the shared spec, weights file and input, and prints one JSON line: measured
+layer table, parity against the NumPy reference, timings, and the
+environment. Internal: users run ``resnet-multi compare``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from typing import Any
+
+import numpy as np
+
+from resnet_multi import faces
+from resnet_multi.arch.shapes import layer_table
+from resnet_multi.arch.spec import spec_from_dict
+from resnet_multi.numerics import reference
+from resnet_multi.numerics.parity import compare_activations, logits_verdict
+from resnet_multi.run.measure import tabulate
+from resnet_multi.weights.canonical import load_state
+
+
+def run(backend: str, request: dict[str, Any]) -> dict[str, Any]:
+    spec = spec_from_dict(request["spec"])
+    face = faces.backend(backend)
+    state = load_state(request["weights"], spec)
+    x = np.load(request["input"])
+    model = face.build(spec, device=request["device"], state=state)
+
+    acts = face.activations(model, x, train=False)
+    expected = layer_table(spec, x.shape[1:])
+    table = tabulate(expected, acts, face.row_counts(model))
+    ref = reference.activations(spec, state, x)
+    rows = compare_activations(acts, ref)
+    worst = max((r for r in rows if r["rel_diff"] is not None), key=lambda r: r["rel_diff"])
+    result: dict[str, Any] = {
+        "backend": backend,
+        "environment": {"framework_version": face.version(), "device": face.device_of(model),
+                        "python": platform.python_version(), "numpy": np.__version__,
+                        "platform": platform.platform()},
+        "layers": [r.to_dict() for r in table.layers],
+        "total_params": table.total_params, "total_buffers": table.total_buffers,
+        "parity": {**logits_verdict(rows),
+                   "worst_layer": worst["name"], "worst_rel_diff": worst["rel_diff"], "layers": rows},
+    }
+    result["timing"] = _timings(face, model, x, request)
+    if request.get("train_steps"):
+        result["train"] = _train(backend, spec, state, x, request)
+    return result
+
+
+def _timings(face: faces.BackendFace, model, x: np.ndarray, request: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for mode in ("infer", "train"):
+        try:
+            out[mode] = face.benchmark(model, x, mode=mode, precision=request["precision"],
+                                       repeats=request["repeats"])
+        except Exception as exc:  # report in the column, keep the rest of the report
+            out[mode] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
+def _train(backend: str, spec, state, x: np.ndarray, request: dict[str, Any]) -> dict[str, Any]:
+    from resnet_multi.numerics.training_parity import backend_trajectory
+
+    return backend_trajectory(backend, spec, state, request["train_steps"], request["seed"], x.shape[1:],
+                              batch=x.shape[0], device=request["device"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m resnet_multi.run.worker")
+    parser.add_argument("--backend", required=True)
+    parser.add_argument("--request", required=True)
+    args = parser.parse_args(argv)
+    with open(args.request) as f:
+        request = json.load(f)
+    result = run(faces.canonical_name(args.backend), request)
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Training: the loop with checkpoints and resume, and the datasets it reads."""
