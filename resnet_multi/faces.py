@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-from functools import lru_cache
 from types import ModuleType
 from typing import Any, Mapping
 
@@ -178,10 +177,15 @@ class BackendFace:
                                                      num_classes=num_classes)
 
 
-@lru_cache(maxsize=None)
+_FACES: dict[str, BackendFace] = {}
+
+
 def backend(name: str) -> BackendFace:
     """The face of a backend by name or alias ('torch', 'tf', 'jax', 'gluon', ...); imports nothing."""
-    return BackendFace(name)
+    key = canonical_name(name)
+    if key not in _FACES:
+        _FACES[key] = BackendFace(key)
+    return _FACES[key]
 
 
 def available() -> list[str]:

@@ -8,7 +8,7 @@
   their structural names (``features.4.0.body.0.weight``).
 
 The readers and writers of each framework's files live in
-``backends/<name>/weights.py``; they use these maps.
+``resnet_multi/backends/<name>/files.py``; they use these maps.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from resnet_multi.arch.plan import Conv, Norm, plan
 from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.errors import UserError
+from resnet_multi.weights.layouts import from_channels_last, to_channels_last
 
 _BLOCK_RE = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
 
@@ -49,36 +50,27 @@ def keras_applications_layer(module: str) -> str:
     return f"conv{stage + 1}_block{block + 1}_{_KERAS_PARTS[part]}"
 
 
-def modules(spec: ResNetSpec) -> list:
-    """Every module with weights, in model order (convs, norms, the classifier)."""
-    return plan(spec)._modules()
-
-
 def keras_variables(module, canonical: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """A module's canonical tensors as a Keras layer's get_weights() list (Keras layout)."""
     name = module.name
-    if isinstance(module, Conv):
-        out = [np.transpose(canonical[f"{name}.weight"], (2, 3, 1, 0))]
-        return out + ([canonical[f"{name}.bias"]] if module.bias else [])
     if isinstance(module, Norm):
         affine = [canonical[f"{name}.weight"], canonical[f"{name}.bias"]] if module.affine else []
         return affine + [canonical[f"{name}.running_mean"], canonical[f"{name}.running_var"]]
-    return [canonical[f"{name}.weight"].T, canonical[f"{name}.bias"]]
+    biased = not isinstance(module, Conv) or module.bias  # a Linear always has its bias
+    return [to_channels_last(canonical[f"{name}.weight"])] + ([canonical[f"{name}.bias"]] if biased else [])
 
 
 def canonical_from_keras(module, variables: list[np.ndarray]) -> dict[str, np.ndarray]:
     """The inverse of keras_variables."""
     name = module.name
     v = [np.asarray(a, dtype=np.float32) for a in variables]
-    if isinstance(module, Conv):
-        out = {f"{name}.weight": np.transpose(v[0], (3, 2, 0, 1))}
-        if module.bias:
-            out[f"{name}.bias"] = v[1]
-        return out
     if isinstance(module, Norm):
         keys = (["weight", "bias"] if module.affine else []) + ["running_mean", "running_var"]
         return {f"{name}.{k}": a for k, a in zip(keys, v)}
-    return {f"{name}.weight": v[0].T, f"{name}.bias": v[1]}
+    out = {f"{name}.weight": from_channels_last(v[0])}
+    if not isinstance(module, Conv) or module.bias:
+        out[f"{name}.bias"] = v[1]
+    return out
 
 
 # -- MXNet Gluon model zoo -------------------------------------------------------------
@@ -119,7 +111,7 @@ def gluon_zoo_names(spec: ResNetSpec) -> dict[str, str]:
 
 
 def _is_norm(spec: ResNetSpec, module: str) -> bool:
-    return any(isinstance(m, Norm) and m.name == module for m in modules(spec))
+    return any(isinstance(m, Norm) and m.name == module for m in plan(spec).modules())
 
 
 def from_gluon_zoo(spec: ResNetSpec, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -160,4 +152,4 @@ def to_gluon_zoo(spec: ResNetSpec, state: Mapping[str, np.ndarray]) -> dict[str,
 
 
 __all__ = ["from_torchvision", "keras_applications_layer", "keras_variables", "canonical_from_keras",
-           "gluon_zoo_names", "from_gluon_zoo", "to_gluon_zoo", "modules"]
+           "gluon_zoo_names", "from_gluon_zoo", "to_gluon_zoo"]
