@@ -19,6 +19,7 @@ import numpy as np
 from resnet_multi.arch.plan import Conv, Linear, Norm, plan
 from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.errors import UserError
+from resnet_multi.files import atomic_write
 
 FORMAT = "resnet-multi/1"
 
@@ -122,10 +123,7 @@ def save_state(state: Mapping[str, np.ndarray], path: str | Path, spec: ResNetSp
     if spec is not None:
         metadata["spec"] = json.dumps(spec.to_dict())
     blob = save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}, metadata=metadata)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(blob)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, blob)
 
 
 def load_state(path: str | Path, spec: ResNetSpec | None = None) -> dict[str, np.ndarray]:
