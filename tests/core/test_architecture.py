@@ -181,6 +181,25 @@ def test_core_imports_no_framework_and_no_backend():
     assert bad == []
 
 
+# Inside a backend: the file -> the files of the same backend it may import (weights.py maps a
+# live model's variables but never builds one, so model <-> weights is no cycle).
+BACKEND_FILES = {"weights": set(), "model": {"weights"}, "files": {"model", "weights"},
+                 "train": {"model", "weights"}, "bench": {"model", "weights", "train"}}
+
+
+@pytest.mark.parametrize("name", ["torch", "tensorflow", "flax", "mxnet"])
+def test_every_backend_has_the_same_files_and_directions(name):
+    files = {m.rsplit(".", 1)[1] for m in MODULES if m.startswith(f"resnet_multi.backends.{name}.")}
+    assert files == set(BACKEND_FILES)
+    bad = []
+    for part, allowed in BACKEND_FILES.items():
+        module = f"resnet_multi.backends.{name}.{part}"
+        for target, _, line in imports(module):
+            if target.startswith(f"resnet_multi.backends.{name}.") and target.rsplit(".", 1)[1] not in allowed:
+                bad.append(f"{module}:{line} imports {target}")
+    assert bad == []
+
+
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_imports_follow_the_layers(module):
     layer = layer_of(module)

@@ -23,27 +23,28 @@ parameters and running statistics are restored (the SGD steps are timed, then un
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import mxnet as mx
 import numpy as np
 from mxnet import nd
+from mxnet.gluon.model_zoo import vision
 
+from resnet_multi.arch import presets
+from resnet_multi.backends.common import check_mode, check_precision
 from resnet_multi.timing import time_callable
 
-from .train import PRECISIONS, PrecisionUnavailable, TrainStep
-
-MODES = ("infer", "train")
+from .model import context, context_of, device_of
+from .train import PRECISIONS, TrainStep
 
 
 def benchmark(model, x, mode: str = "infer", precision: str = "fp32", repeats: int = 5, warmup: int = 2,
               compile: bool = False) -> dict[str, Any]:
     """Time `repeats` forward passes (mode 'infer') or SGD steps (mode 'train') on the batch x (NCHW numpy)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if precision not in PRECISIONS:
-        raise PrecisionUnavailable(f"the mxnet backend runs fp32 only, not {precision!r}")
-    ctx = next(iter(model.collect_params().values())).list_ctx()[0]
+    check_mode(mode)
+    check_precision(precision, PRECISIONS, "mxnet")
+    ctx = context_of(model)
     xt = nd.array(np.asarray(x, dtype=np.float32), ctx=ctx, dtype="float32")
     batch = xt.shape[0]
     practice = ["hybridize(static_alloc, static_shape)"]
@@ -67,14 +68,13 @@ def benchmark(model, x, mode: str = "infer", precision: str = "fp32", repeats: i
             for name, p in model.collect_params().items():
                 p.set_data(nd.array(saved[name], ctx=ctx, dtype=saved[name].dtype))
             mx.nd.waitall()
-    device = "cpu" if ctx.device_type == "cpu" else f"gpu:{ctx.device_id}"
     if ctx.device_type == "gpu":
         # MXNet reports no allocator peak; gpu_memory_info gives the device's free and total
         # bytes. Its pooled allocator keeps what it once took, so the memory in use after the
         # timed runs is their high-water mark (device-wide: the CUDA context included).
         free, total = mx.context.gpu_memory_info(ctx.device_id)
         result["peak_memory_mb"] = (total - free) / 2**20
-    result.update(mode=mode, precision=precision, practice=", ".join(practice), device=device)
+    result.update(mode=mode, precision=precision, practice=", ".join(practice), device=device_of(model))
     return result
 
 
@@ -84,19 +84,14 @@ NATIVE = "mxnet.gluon.model_zoo.vision.resnet50_v1"
 NATIVE_PRESET = "gluon_resnet50_v1"
 
 
-def benchmark_native(x, mode: str = "infer", precision: str = "fp32", repeats: int = 5, device: str = "cpu",
-                     num_classes: int = 1000, compile: bool = False) -> dict[str, Any]:
+def benchmark_native(x, mode: str = "infer", precision: str = "fp32", repeats: int = 5, warmup: int = 2,
+                     compile: bool = False, device: str = "cpu", num_classes: int = 1000) -> dict[str, Any]:
     """Gluon's model-zoo ResNet-50 v1, timed by exactly the same code path as ours."""
-    from mxnet.gluon.model_zoo import vision
-
-    from resnet_multi.arch.presets import get
-
-    from .model import _context, resolve_device
-
-    ctx = _context(resolve_device(device))
+    ctx = context(device)
     model = vision.resnet50_v1(classes=num_classes)
     model.initialize(mx.init.Xavier(), ctx=ctx)
     model(nd.zeros((1, *np.shape(x)[1:]), ctx=ctx))  # the zoo defers shapes to the first call
     model.hybridize(static_alloc=True, static_shape=True)
-    model.spec = get(NATIVE_PRESET)  # same architecture: the train step needs only the class count
-    return benchmark(model, x, mode=mode, precision=precision, repeats=repeats, compile=compile)
+    # Same architecture; the train step reads only its class count (for the labels).
+    model.spec = dataclasses.replace(presets.get(NATIVE_PRESET), num_classes=num_classes)
+    return benchmark(model, x, mode=mode, precision=precision, repeats=repeats, warmup=warmup, compile=compile)

@@ -2,7 +2,7 @@
 
 Layout is NCHW, MXNet's native one, so activations need no transposes and
 Gluon's weight layout is PyTorch's (conv (O, I/groups, kH, kW), Dense (out, in)).
-Every geometry choice comes from resnet_multi.plan.plan(spec); every
+Every geometry choice comes from resnet_multi.arch.plan.plan(spec); every
 numerics choice from the spec, never from a Gluon default.
 
 Batch norm, and why it is a small custom layer here: MXNet's own BatchNorm
@@ -23,12 +23,17 @@ the hybridized graph.
 Inference vs training is MXNet's global autograd state (autograd.train_mode()
 / autograd.record()), not a property of the model: a built model runs in
 inference mode unless the caller says otherwise.
+
+The block structure fixes the names in our own .params files (``stem.conv1.weight``,
+``layer1.0.bn1.gamma``, ``fc.bias``; see files.py), so attribute names are part
+of the file format.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from typing import Mapping
 
 import numpy as np
 
@@ -42,9 +47,9 @@ import mxnet as mx  # noqa: E402
 from mxnet import autograd, nd  # noqa: E402
 from mxnet.gluon import HybridBlock, nn  # noqa: E402
 
-from resnet_multi.arch.plan import BlockPlan, Conv, Norm, StemPlan, plan  # noqa: E402
+from resnet_multi.arch.plan import BlockPlan, Conv, HeadPlan, Norm, Pool, StemPlan, plan  # noqa: E402
 from resnet_multi.arch.spec import ResNetSpec  # noqa: E402
-from resnet_multi.errors import DeviceUnavailable  # noqa: E402
+from resnet_multi.backends import common  # noqa: E402
 from resnet_multi.weights.canonical import init_weights  # noqa: E402
 
 from .weights import from_canonical  # noqa: E402
@@ -54,42 +59,40 @@ FRAMEWORK = "mxnet"
 
 # -- device handling -------------------------------------------------------------
 
+# A CPU-only wheel sees no GPU at all, whatever the machine has.
+GPU_HINT = 'a GPU needs the mxnet-cu* build: pip install "resnet-multi[mxnet-gpu]"'
+
 
 def resolve_device(device: str = "auto") -> str:
-    """'auto' | 'cpu' | 'gpu' | 'gpu:N' -> 'cpu' or 'gpu:N' ('auto' prefers the first GPU)."""
-    name = str(device).strip().lower()
-    gpus = mx.context.num_gpus()
-    if name == "auto":
-        return "gpu:0" if gpus else "cpu"
-    if name in ("cpu", "cpu:0"):
-        return "cpu"
-    kind, _, index = name.partition(":")
-    if kind in ("gpu", "cuda") and (index == "" or index.isdigit()):
-        i = int(index or 0)
-        if i >= gpus:
-            raise DeviceUnavailable(f"device {device!r} asked for, but MXNet sees {gpus} GPU(s) "
-                                    "(a GPU needs the mxnet-cu* build: pip install \"resnet-multi[mxnet-gpu]\")")
-        return f"gpu:{i}"
-    raise DeviceUnavailable(f"unknown device {device!r} for mxnet; use 'auto', 'cpu' or 'gpu'")
+    """'auto' | 'cpu' | 'gpu' | 'gpu:N' (also 'cpu:0', 'cuda[:N]') -> 'cpu' or 'gpu:N' ('auto' prefers a GPU)."""
+    kind, index = common.parse_device(device, mx.context.num_gpus(), f"MXNet {mx.__version__}", GPU_HINT)
+    return "cpu" if kind == "cpu" else f"gpu:{index}"
 
 
-def _context(device: str) -> mx.Context:
-    return mx.cpu() if device == "cpu" else mx.gpu(int(device.partition(":")[2] or 0))
+def devices() -> list[str]:
+    """The devices MXNet sees here: 'cpu', then 'gpu:0', 'gpu:1', ..."""
+    return ["cpu"] + [f"gpu:{i}" for i in range(mx.context.num_gpus())]
 
 
-# -- layers: conv and batch norm from plan records ----------------------------------
+def context(device: str = "auto") -> mx.Context:
+    """Any accepted device string -> the mx.Context it names."""
+    name = resolve_device(device)
+    return mx.cpu() if name == "cpu" else mx.gpu(int(name.partition(":")[2]))
 
 
-def _leaf(name: str) -> str:
-    """The last part of a canonical name: 'layer1.0.conv1' -> 'conv1' (attribute and Gluon prefix)."""
-    return name.rsplit(".", 1)[-1]
+def device_name(ctx: mx.Context) -> str:
+    """An mx.Context in resolve_device's spelling: 'cpu' or 'gpu:N'."""
+    return "cpu" if ctx.device_type == "cpu" else f"gpu:{ctx.device_id}"
 
 
-def _conv(conv: Conv) -> nn.Conv2D:
+# -- layers: conv, batch norm and the stem pool from plan records ----------------------
+
+
+def conv(c: Conv) -> nn.Conv2D:
+    """A Gluon Conv2D for a plan Conv record, named by its leaf ('conv1_')."""
     # Explicit symmetric padding (never 'same'); groups for ResNeXt's 3x3.
-    return nn.Conv2D(conv.out_channels, conv.kernel, strides=conv.stride, padding=conv.padding,
-                     groups=conv.groups, use_bias=conv.bias, in_channels=conv.in_channels,
-                     prefix=_leaf(conv.name) + "_")
+    return nn.Conv2D(c.out_channels, c.kernel, strides=c.stride, padding=c.padding, groups=c.groups,
+                     use_bias=c.bias, in_channels=c.in_channels, prefix=common.leaf_name(c.name) + "_")
 
 
 def _relu(F, x):
@@ -126,7 +129,7 @@ class BatchNorm(_ImperativeInTraining, nn.BatchNorm):
         bn = spec.bn  # PyTorch's momentum convention; Gluon's is 1 - it
         # An affine-free BN (input_bn) keeps Gluon's frozen gamma = 1, beta = 0.
         super().__init__(momentum=1.0 - bn.momentum, epsilon=bn.eps, center=norm.affine, scale=norm.affine,
-                         in_channels=norm.channels, prefix=_leaf(norm.name) + "_")
+                         in_channels=norm.channels, prefix=common.leaf_name(norm.name) + "_")
         self.running_var_rule = bn.running_var
 
     def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
@@ -151,24 +154,32 @@ class BatchNorm(_ImperativeInTraining, nn.BatchNorm):
             running_var[:] = momentum * running_var + (1 - momentum) * var
 
 
+def batch_norm(norm: Norm, spec: ResNetSpec) -> BatchNorm:
+    """The spec's BN for a plan Norm record."""
+    return BatchNorm(norm, spec)
+
+
+def max_pool(pool: Pool) -> nn.MaxPool2D:
+    """The stem's max-pool. MXNet's pads with -inf, the true max; zero padding
+    (keras.applications' ZeroPadding2D) is an explicit pad before it (see Stem)."""
+    return nn.MaxPool2D(pool.kernel, pool.stride, pool.padding if pool.pad_value == "neg_inf" else 0)
+
+
 # -- stem ----------------------------------------------------------------------------
 
 
 class Stem(_ImperativeInTraining):
     """[input_bn ->] conv1 [-> bn1 -> ReLU] [-> 3x3/2 max-pool] (the 'stem' row)."""
 
-    def __init__(self, stem: StemPlan, spec: ResNetSpec, **kwargs):
+    def __init__(self, s: StemPlan, spec: ResNetSpec, **kwargs):
         super().__init__(**kwargs)
-        self.pool = stem.pool
+        self.pool = s.pool
         with self.name_scope():
-            self.input_bn = BatchNorm(stem.input_bn, spec) if stem.input_bn else None
-            self.conv1 = _conv(stem.conv)
-            self.bn1 = BatchNorm(stem.bn, spec) if stem.bn else None
+            self.input_bn = batch_norm(s.input_bn, spec) if s.input_bn else None
+            self.conv1 = conv(s.conv)
+            self.bn1 = batch_norm(s.bn, spec) if s.bn else None
             if self.pool is not None:
-                # MXNet's max-pool pads with -inf, the true max; zero padding
-                # (keras.applications' ZeroPadding2D) is an explicit pad first.
-                pad = self.pool.padding if self.pool.pad_value == "neg_inf" else 0
-                self.maxpool = nn.MaxPool2D(self.pool.kernel, self.pool.stride, pad)
+                self.maxpool = max_pool(self.pool)
 
     def hybrid_forward(self, F, x):
         if self.input_bn is not None:  # standardises the data; no ReLU
@@ -182,6 +193,11 @@ class Stem(_ImperativeInTraining):
                 x = F.pad(x, mode="constant", constant_value=0, pad_width=(0, 0, 0, 0, p, p, p, p))
             x = self.maxpool(x)
         return x
+
+
+def stem(s: StemPlan, spec: ResNetSpec) -> Stem:
+    """The 'stem' row; its layers are model.stem.input_bn, .conv1, .bn1."""
+    return Stem(s, spec, prefix="stem_")
 
 
 # -- residual block (basic and bottleneck, post- and pre-activation) --------------------
@@ -201,18 +217,18 @@ class Block(_ImperativeInTraining):
         self.preact, self.shortcut, self.stride = block.preact, block.shortcut, block.stride
         self.depth = len(block.convs)
         with self.name_scope():
-            self.preact_bn = BatchNorm(block.preact_bn, spec) if block.preact_bn else None
-            for conv in block.convs:
-                setattr(self, _leaf(conv.name), _conv(conv))
+            self.preact_bn = batch_norm(block.preact_bn, spec) if block.preact_bn else None
+            for record in block.convs:
+                setattr(self, common.leaf_name(record.name), conv(record))
             for norm in block.norms:
-                setattr(self, _leaf(norm.name), BatchNorm(norm, spec))
+                setattr(self, common.leaf_name(norm.name), batch_norm(norm, spec))
             self.downsample = None
             if block.downsample_conv is not None:  # 1x1 projection [+ BN]: downsample.0 [, downsample.1]
                 self.downsample = Sequential(prefix="downsample_")
                 with self.downsample.name_scope():
-                    self.downsample.add(_conv(block.downsample_conv))
+                    self.downsample.add(conv(block.downsample_conv))
                     if block.downsample_bn is not None:
-                        self.downsample.add(BatchNorm(block.downsample_bn, spec))
+                        self.downsample.add(batch_norm(block.downsample_bn, spec))
 
     def hybrid_forward(self, F, x):
         y = pre = _relu(F, self.preact_bn(x)) if self.preact else x
@@ -236,16 +252,31 @@ class Block(_ImperativeInTraining):
 # -- stage ---------------------------------------------------------------------------------
 
 
-def _stage(index: int, blocks: tuple[BlockPlan, ...], spec: ResNetSpec) -> Sequential:
+def stage(index: int, blocks: tuple[BlockPlan, ...], spec: ResNetSpec) -> Sequential:
     """layerI: the stage's blocks in order (layerI[J] is block 'layerI.J')."""
-    stage = Sequential(prefix=f"layer{index}_")
-    with stage.name_scope():
+    layers = Sequential(prefix=f"layer{index}_")
+    with layers.name_scope():
         for j, block in enumerate(blocks):
-            stage.add(Block(block, spec, prefix=f"{j}_"))
-    return stage
+            layers.add(Block(block, spec, prefix=f"{j}_"))
+    return layers
 
 
-# -- head and the whole network ---------------------------------------------------------
+# -- head ----------------------------------------------------------------------------------
+
+
+def head(h: HeadPlan, spec: ResNetSpec) -> dict[str, HybridBlock | None]:
+    """[post_bn -> ReLU] -> global average pool -> fc, as ResNet's attributes by name.
+
+    Pre-activation nets end with BN + ReLU before pooling; the others have
+    post_bn = post_relu = None. Called inside the model's name scope.
+    """
+    return {"post_bn": batch_norm(h.post_bn, spec) if h.post_bn else None,
+            "post_relu": nn.Activation("relu") if h.post_bn else None,
+            "avgpool": nn.GlobalAvgPool2D(),
+            "fc": nn.Dense(h.fc.out_features, in_units=h.fc.in_features, prefix="fc_")}
+
+
+# -- build -----------------------------------------------------------------------------------
 
 
 class ResNet(_ImperativeInTraining):
@@ -257,14 +288,11 @@ class ResNet(_ImperativeInTraining):
         p = plan(spec)
         self.num_stages = len(p.stages)
         with self.name_scope():
-            self.stem = Stem(p.stem, spec, prefix="stem_")
+            self.stem = stem(p.stem, spec)
             for i, blocks in enumerate(p.stages, start=1):
-                setattr(self, f"layer{i}", _stage(i, blocks, spec))
-            # Pre-activation nets end with BN + ReLU before pooling.
-            self.post_bn = BatchNorm(p.head.post_bn, spec) if p.head.post_bn else None
-            self.post_relu = nn.Activation("relu") if p.head.post_bn else None
-            self.avgpool = nn.GlobalAvgPool2D()
-            self.fc = nn.Dense(p.head.fc.out_features, in_units=p.head.fc.in_features, prefix="fc_")
+                setattr(self, f"layer{i}", stage(i, blocks, spec))
+            for name, layer in head(p.head, spec).items():
+                setattr(self, name, layer)
 
     def rows(self) -> list[tuple[str, tuple[HybridBlock, ...]]]:
         """The layer table's rows in order: (row name, the blocks that compute it)."""
@@ -282,17 +310,18 @@ class ResNet(_ImperativeInTraining):
         return x
 
 
-def build(spec: ResNetSpec, device: str = "auto", seed: int = 0) -> ResNet:
-    """The hybridized Gluon model on `device`, holding the spec's seeded canonical weights."""
+def build(spec: ResNetSpec, device: str = "auto", seed: int = 0,
+          state: Mapping[str, np.ndarray] | None = None) -> ResNet:
+    """The hybridized Gluon model on `device`, holding `state` (a canonical state) or the spec's seeded weights."""
     model = ResNet(spec)
     # Zeros are placeholders (cheaper than random draws): every value is replaced next.
-    model.initialize(mx.init.Zero(), ctx=_context(resolve_device(device)))
-    from_canonical(model, init_weights(spec, seed))
+    model.initialize(mx.init.Zero(), ctx=context(device))
+    from_canonical(model, init_weights(spec, seed) if state is None else state)
     model.hybridize(static_alloc=True, static_shape=True)
     return model
 
 
-# -- the contract functions -------------------------------------------------------------
+# -- the contract ------------------------------------------------------------------------
 
 
 def _mode(train: bool):
@@ -300,7 +329,7 @@ def _mode(train: bool):
 
 
 def _input(model: ResNet, x) -> nd.NDArray:
-    return nd.array(np.asarray(x, dtype=np.float32), ctx=_model_context(model), dtype="float32")
+    return nd.array(np.asarray(x, dtype=np.float32), ctx=context_of(model), dtype="float32")
 
 
 def activations(model: ResNet, x, train: bool = False) -> dict[str, np.ndarray]:
@@ -351,13 +380,13 @@ def row_counts(model: ResNet) -> dict[str, tuple[int, int]]:
     return counts
 
 
-def _model_context(model: ResNet) -> mx.Context:
-    return model.fc.weight.list_ctx()[0]
+def context_of(model: HybridBlock) -> mx.Context:
+    """Where a Gluon block's parameters live (ours or any other, such as bench's native model)."""
+    return next(iter(model.collect_params().values())).list_ctx()[0]
 
 
-def device_of(model: ResNet) -> str:
-    ctx = _model_context(model)
-    return "cpu" if ctx.device_type == "cpu" else f"gpu:{ctx.device_id}"
+def device_of(model: HybridBlock) -> str:
+    return device_name(context_of(model))
 
 
 def framework_version() -> str:

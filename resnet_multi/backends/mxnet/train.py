@@ -37,18 +37,14 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon, nd
 
+from resnet_multi.backends.common import MOMENTUM_PREFIX, check_precision, momentum_shapes
 from resnet_multi.errors import UserError
-from resnet_multi.weights.canonical import WeightsError
+from resnet_multi.weights.canonical import WeightsError, check_tensors
 
-from .model import ResNet
+from .model import ResNet, context_of
 from .weights import parameters
 
 PRECISIONS = ("fp32",)
-MOMENTUM_PREFIX = "momentum."
-
-
-class PrecisionUnavailable(UserError, ValueError):
-    """A precision that is unknown, or that this backend cannot run."""
 
 
 class SGD(mx.optimizer.Optimizer):
@@ -79,8 +75,7 @@ class TrainStep:
 
     def __init__(self, model, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
                  precision: str = "fp32"):
-        if precision not in PRECISIONS:
-            raise PrecisionUnavailable(f"the mxnet backend trains in fp32 only, not {precision!r}")
+        check_precision(precision, PRECISIONS, "mxnet")
         if not lr >= 0:
             raise UserError(f"lr must be >= 0, got {lr!r}")
         self.model, self.lr, self.precision = model, float(lr), precision
@@ -92,7 +87,7 @@ class TrainStep:
         self.optimizer = SGD(learning_rate=lr, momentum=momentum, wd=weight_decay, rescale_grad=1.0)
         self.updater = mx.optimizer.get_updater(self.optimizer)
         self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-        self.ctx = next(iter(self.params.values())).list_ctx()[0]
+        self.ctx = context_of(model)
 
     def run(self, x: nd.NDArray, labels: nd.NDArray) -> nd.NDArray:
         """One step on arrays already on the device; returns the loss as an NDArray (no host sync)."""
@@ -108,11 +103,6 @@ class TrainStep:
         x = nd.array(np.asarray(x, dtype=np.float32), ctx=self.ctx, dtype="float32")
         labels = nd.array(np.asarray(labels), ctx=self.ctx, dtype="float32")  # Gluon's losses take float labels
         return float(self.run(x, labels).asscalar())
-
-
-def make_train_step(model, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
-                    precision: str = "fp32") -> TrainStep:
-    return TrainStep(model, lr=lr, momentum=momentum, weight_decay=weight_decay, precision=precision)
 
 
 # -- optimizer state with canonical names -------------------------------------------------
@@ -133,18 +123,9 @@ def optimizer_state(step: TrainStep) -> dict[str, np.ndarray]:
 
 def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> None:
     """Set the momentum states from optimizer_state()'s dict: all or nothing; an empty dict clears them."""
-    want = {MOMENTUM_PREFIX + name: tuple(p.shape) for name, p in step.params.items()}
     if state:
-        missing = [k for k in want if k not in state]
-        unexpected = [k for k in state if k not in want]
-        misshaped = [f"{k} {tuple(np.shape(state[k]))} (expected {want[k]})"
-                     for k in want if k in state and tuple(np.shape(state[k])) != want[k]]
-        problems = [f"{label} {len(items)}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
-                    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-                    if items]
-        if problems:
-            raise WeightsError(f"optimizer state does not fit {step.model.spec.name}, nothing loaded: "
-                               + "; ".join(problems))
+        spec = step.model.spec
+        check_tensors(momentum_shapes(spec), state, f"optimizer state does not fit {spec.name}")
         if not step.optimizer.momentum:
             raise WeightsError("momentum buffers given, but this step's SGD has momentum 0")
     step.updater.states.clear()

@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from resnet_multi.arch.presets import get
+from resnet_multi.backends.common import check_mode
 from resnet_multi.timing import time_callable
 
+from .model import fp32_only, resolve_device
 from .train import TrainStep, autocast_dtype
-
-MODES = ("infer", "train")
 
 
 def _sync(device: torch.device):
@@ -37,8 +38,7 @@ def _sync(device: torch.device):
 def benchmark(model: torch.nn.Module, x, mode: str = "infer", precision: str = "fp32", repeats: int = 5,
               warmup: int = 2, compile: bool = False) -> dict[str, Any]:
     """Time `repeats` forward passes (mode 'infer') or SGD steps (mode 'train') on the batch x (NCHW numpy)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    check_mode(mode)
     device = next(model.parameters()).device
     dtype = autocast_dtype(precision, device)
     cuda = device.type == "cuda"
@@ -103,15 +103,14 @@ NATIVE = "torchvision.models.resnet50"
 NATIVE_PRESET = "resnet50"
 
 
-def benchmark_native(x, mode: str = "infer", precision: str = "fp32", repeats: int = 5, device: str = "cpu",
-                     num_classes: int = 1000, compile: bool = False) -> dict[str, Any]:
+def benchmark_native(x, mode: str = "infer", precision: str = "fp32", repeats: int = 5, warmup: int = 2,
+                     compile: bool = False, device: str = "cpu", num_classes: int = 1000) -> dict[str, Any]:
     """torchvision's ResNet-50, timed by exactly the same code path as ours."""
-    import torchvision
+    import torchvision  # only here: the rest of the backend runs without it
 
-    from resnet_multi.arch.presets import get
-
-    from .model import resolve_device
-
-    model = torchvision.models.resnet50(weights=None, num_classes=num_classes).to(resolve_device(device)).eval()
+    dev = resolve_device(device)
+    if dev.startswith("cuda"):
+        fp32_only()  # as build() does for ours: both sides run true fp32
+    model = torchvision.models.resnet50(weights=None, num_classes=num_classes).to(dev).eval()
     model.spec = get(NATIVE_PRESET)  # same architecture and names: the train step needs only the class count
-    return benchmark(model, x, mode=mode, precision=precision, repeats=repeats, compile=compile)
+    return benchmark(model, x, mode=mode, precision=precision, repeats=repeats, warmup=warmup, compile=compile)

@@ -5,29 +5,35 @@ canonical names (conv1.weight, layer1.0.downsample.0.weight, fc.bias, ...),
 plus BN's num_batches_tracked buffers, which are not canonical. torch
 computes in NCHW, the canonical layout: nothing is transposed anywhere.
 
-Every geometric choice comes from resnet_multi.plan.plan(spec); every
+Every geometric choice comes from resnet_multi.arch.plan.plan(spec); every
 numerics choice from the spec (BN eps and momentum: torch's own convention,
 so they pass through unchanged). Padding is explicit and symmetric.
 
 BN running variance: nn.BatchNorm2d updates running_var with the unbiased
 batch variance, which is the spec's 'unbiased'. For 'biased' (Keras/Flax)
-a small subclass, BatchNorm2d below, updates it with the biased one.
+a small subclass, BatchNorm below, updates it with the biased one.
+
+The layout of the file is the one every backend shares (docs/backends.md):
+device handling, the layers, stem, block, stage, head, build, then the
+functions of the backend contract.
 """
 
 from __future__ import annotations
+
+from typing import Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet_multi.arch.plan import BlockPlan, Conv, Linear, Norm, Plan, StemPlan, plan
+from resnet_multi.arch.plan import BlockPlan, Conv, HeadPlan, Linear, Norm, StemPlan, plan
 from resnet_multi.arch.spec import BatchNorm as BNSpec
 from resnet_multi.arch.spec import ResNetSpec
-from resnet_multi.errors import DeviceUnavailable
+from resnet_multi.backends.common import leaf_name, parse_device
 from resnet_multi.weights.canonical import init_weights
 
-from .weights import from_canonical
+from .weights import from_canonical, from_numpy, is_canonical, to_numpy
 
 FRAMEWORK = "torch"
 
@@ -36,33 +42,29 @@ FRAMEWORK = "torch"
 
 
 def resolve_device(device: str = "auto") -> str:
-    """'auto' | 'cpu' | 'gpu' (also 'cuda', 'cuda:N') -> a concrete torch device string."""
-    name = str(device).strip().lower()
-    if name == "auto":
-        name = "cuda:0" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return "cpu"
-    if name in ("gpu", "cuda"):
-        name = "cuda:0"
-    if not (name.startswith("cuda:") and name[5:].isdigit()):
-        raise DeviceUnavailable(f"unknown device {device!r}; use 'auto', 'cpu' or 'gpu'")
-    if not torch.cuda.is_available():
-        raise DeviceUnavailable(f"device {device!r} asked for, but torch {torch.__version__} sees no CUDA GPU")
-    if int(name[5:]) >= torch.cuda.device_count():
-        raise DeviceUnavailable(f"device {device!r} is not there: torch sees {torch.cuda.device_count()} GPU(s)")
-    return name
+    """'auto' | 'cpu' | 'gpu' | 'gpu:N' (also 'cuda[:N]') -> a torch device string: 'cpu' or 'cuda:N'."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    kind, index = parse_device(device, count, f"torch {torch.__version__}",
+                               hint="needs a CUDA build of torch and a CUDA GPU")
+    return "cpu" if kind == "cpu" else f"cuda:{index}"
 
 
-def _fp32_only() -> None:
-    # TF32 (Ampere+) silently rounds matmul/conv inputs to 10 mantissa bits; parity is checked in fp32.
+def devices() -> list[str]:
+    """The devices torch sees here, spelled as resolve_device returns them."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ["cpu", *(f"cuda:{i}" for i in range(count))]
+
+
+def fp32_only() -> None:
+    """Turn TF32 off: on Ampere+ it silently rounds matmul/conv inputs to 10 mantissa bits; fp32 means fp32."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
 
-# -- layers from plan records --------------------------------------------------------
+# -- layers -------------------------------------------------------------------------------
 
 
-class BatchNorm2d(nn.BatchNorm2d):
+class BatchNorm(nn.BatchNorm2d):
     """nn.BatchNorm2d that can update running_var with the biased batch variance.
 
     Normalisation always uses the biased variance (as every framework does);
@@ -88,24 +90,18 @@ class BatchNorm2d(nn.BatchNorm2d):
         return super().extra_repr() + (", running_var=biased" if self.biased_running_var else "")
 
 
-def conv2d(c: Conv) -> nn.Conv2d:
+def conv(c: Conv) -> nn.Conv2d:
+    """A plan Conv record as nn.Conv2d (explicit symmetric padding, groups and bias from the plan)."""
     return nn.Conv2d(c.in_channels, c.out_channels, c.kernel, stride=c.stride, padding=c.padding,
                      groups=c.groups, bias=c.bias)
 
 
 def batch_norm(n: Norm, bn: BNSpec) -> nn.BatchNorm2d:
+    """The spec's BN for a plan Norm record: torch's own for 'unbiased', BatchNorm for 'biased'."""
     # The spec's momentum is torch's convention: it passes through unchanged.
     if bn.running_var == "biased":
-        return BatchNorm2d(n.channels, bn.eps, bn.momentum, n.affine, biased_running_var=True)
+        return BatchNorm(n.channels, bn.eps, bn.momentum, n.affine, biased_running_var=True)
     return nn.BatchNorm2d(n.channels, eps=bn.eps, momentum=bn.momentum, affine=n.affine)
-
-
-def _short(name: str) -> str:
-    """The attribute name inside a block: 'layer1.0.conv1' -> 'conv1'."""
-    return name.rsplit(".", 1)[-1]
-
-
-# -- stem ------------------------------------------------------------------------------
 
 
 def max_pool(pool_padding: str) -> nn.Module:
@@ -116,16 +112,19 @@ def max_pool(pool_padding: str) -> nn.Module:
     return nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(3, stride=2, padding=0))
 
 
-def stem_layers(stem: StemPlan, bn: BNSpec) -> dict[str, nn.Module]:
+# -- stem ------------------------------------------------------------------------------
+
+
+def stem(record: StemPlan, bn: BNSpec) -> dict[str, nn.Module]:
     """[input_bn ->] conv1 [-> bn1 -> relu] [-> maxpool], kept at the model's top level like torchvision."""
     layers: dict[str, nn.Module] = {}
-    if stem.input_bn is not None:  # Gluon v2: an affine-free BN standardising the raw data (no ReLU)
-        layers["input_bn"] = batch_norm(stem.input_bn, bn)
-    layers["conv1"] = conv2d(stem.conv)
-    if stem.bn is not None:
-        layers["bn1"] = batch_norm(stem.bn, bn)
-    if stem.pool is not None:
-        layers["maxpool"] = max_pool(stem.pool.pad_value)
+    if record.input_bn is not None:  # Gluon v2: an affine-free BN standardising the raw data (no ReLU)
+        layers["input_bn"] = batch_norm(record.input_bn, bn)
+    layers["conv1"] = conv(record.conv)
+    if record.bn is not None:
+        layers["bn1"] = batch_norm(record.bn, bn)
+    if record.pool is not None:
+        layers["maxpool"] = max_pool(record.pool.pad_value)
     return layers
 
 
@@ -148,14 +147,14 @@ class Block(nn.Module):
         self.shortcut = block.shortcut  # 'identity' | 'subsample' | 'conv' | 'conv_bn'
         if block.preact_bn is not None:
             self.preact_bn = batch_norm(block.preact_bn, bn)
-        self.conv_names = [_short(c.name) for c in block.convs]
-        self.norm_names = [_short(n.name) for n in block.norms]
-        for i, conv in enumerate(block.convs):  # torchvision's order: conv1, bn1, conv2, bn2, ...
-            self.add_module(self.conv_names[i], conv2d(conv))
+        self.conv_names = [leaf_name(c.name) for c in block.convs]
+        self.norm_names = [leaf_name(n.name) for n in block.norms]
+        for i, record in enumerate(block.convs):  # torchvision's order: conv1, bn1, conv2, bn2, ...
+            self.add_module(self.conv_names[i], conv(record))
             if i < len(block.norms):
                 self.add_module(self.norm_names[i], batch_norm(block.norms[i], bn))
         if block.downsample_conv is not None:  # downsample.0 = 1x1 conv, downsample.1 = its BN (conv_bn)
-            parts = [conv2d(block.downsample_conv)]
+            parts = [conv(block.downsample_conv)]
             if block.downsample_bn is not None:
                 parts.append(batch_norm(block.downsample_bn, bn))
             self.downsample = nn.Sequential(*parts)
@@ -196,12 +195,12 @@ def stage(blocks: tuple[BlockPlan, ...], bn: BNSpec) -> nn.Sequential:
 # -- head -------------------------------------------------------------------------------
 
 
-def head_layers(p: Plan, bn: BNSpec) -> dict[str, nn.Module]:
+def head(record: HeadPlan, bn: BNSpec) -> dict[str, nn.Module]:
     """[post_bn -> relu (pre-activation)] -> global average pool -> fc."""
     layers: dict[str, nn.Module] = {}
-    if p.head.post_bn is not None:
-        layers["post_bn"] = batch_norm(p.head.post_bn, bn)
-    fc: Linear = p.head.fc
+    if record.post_bn is not None:
+        layers["post_bn"] = batch_norm(record.post_bn, bn)
+    fc: Linear = record.fc
     layers["avgpool"] = nn.AdaptiveAvgPool2d(1)
     layers["fc"] = nn.Linear(fc.in_features, fc.out_features)
     return layers
@@ -217,16 +216,16 @@ class ResNet(nn.Module):
         super().__init__()
         self.spec = spec
         p = plan(spec)
-        for name, layer in stem_layers(p.stem, spec.bn).items():
+        for name, layer in stem(p.stem, spec.bn).items():
             self.add_module(name, layer)
         self.stage_names = [f"layer{i + 1}" for i in range(len(p.stages))]
         for name, blocks in zip(self.stage_names, p.stages):
             self.add_module(name, stage(blocks, spec.bn))
-        for name, layer in head_layers(p, spec.bn).items():
+        for name, layer in head(p.head, spec.bn).items():
             self.add_module(name, layer)
         self.relu = nn.ReLU(inplace=False)
 
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
+    def run_stem(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "input_bn"):
             x = self.input_bn(x)
         x = self.conv1(x)
@@ -236,7 +235,7 @@ class ResNet(nn.Module):
 
     def rows(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The output of every layer-table row, in order."""
-        out = {"stem": self.stem(x)}
+        out = {"stem": self.run_stem(x)}
         x = out["stem"]
         for stage_name in self.stage_names:
             for j, block in enumerate(getattr(self, stage_name)):
@@ -248,7 +247,7 @@ class ResNet(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
+        x = self.run_stem(x)
         for stage_name in self.stage_names:
             x = getattr(self, stage_name)(x)
         if hasattr(self, "post_bn"):
@@ -256,31 +255,28 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def build(spec: ResNetSpec, device: str = "auto", seed: int = 0) -> ResNet:
-    """The native model with the core's seeded weights, on `device`, in eval mode."""
+def build(spec: ResNetSpec, device: str = "auto", seed: int = 0,
+          state: Mapping[str, np.ndarray] | None = None) -> ResNet:
+    """The native model on `device`, in eval mode: canonical `state` if given, else the core's seeded weights."""
     dev = resolve_device(device)
     if dev.startswith("cuda"):
-        _fp32_only()
+        fp32_only()
     # Build without torch's own init (the canonical weights overwrite every tensor anyway).
     with torch.device("meta"):
         model = ResNet(spec)
     model = model.to_empty(device=dev)
     for name, buf in model.named_buffers():
-        if name.endswith("num_batches_tracked"):  # not canonical: start counting from zero
+        if not is_canonical(name):  # BN's counters: start counting from zero
             buf.zero_()
-    from_canonical(model, init_weights(spec, seed))
+    from_canonical(model, init_weights(spec, seed) if state is None else state)
     return model.eval()
 
 
 # -- the contract -------------------------------------------------------------------------
 
 
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float32).numpy()
-
-
 def _input(model: ResNet, x) -> torch.Tensor:
-    return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)).to(device_of(model))
+    return from_numpy(x).to(device_of(model))
 
 
 def activations(model: ResNet, x, train: bool = False) -> dict[str, np.ndarray]:
@@ -292,7 +288,7 @@ def activations(model: ResNet, x, train: bool = False) -> dict[str, np.ndarray]:
             rows = model.rows(_input(model, x))
     finally:
         model.train(was_training)
-    return {name: _to_numpy(t) for name, t in rows.items()}
+    return {name: to_numpy(t) for name, t in rows.items()}
 
 
 def forward(model: ResNet, x, train: bool = False) -> np.ndarray:
@@ -304,7 +300,7 @@ def forward(model: ResNet, x, train: bool = False) -> np.ndarray:
             logits = model(_input(model, x))
     finally:
         model.train(was_training)
-    return _to_numpy(logits)
+    return to_numpy(logits)
 
 
 def _is_running_stat(name: str) -> bool:
@@ -319,8 +315,8 @@ def _count(modules) -> tuple[int, int]:
 
 def row_counts(model: ResNet) -> dict[str, tuple[int, int]]:
     """Row -> (trainable params, BN running-stat elements), counted from the module's own tensors."""
-    stem = [getattr(model, n) for n in ("input_bn", "conv1", "bn1") if hasattr(model, n)]
-    counts = {"stem": _count(stem)}
+    stem_layers = [getattr(model, n) for n in ("input_bn", "conv1", "bn1") if hasattr(model, n)]
+    counts = {"stem": _count(stem_layers)}
     for stage_name in model.stage_names:
         for j, block in enumerate(getattr(model, stage_name)):
             counts[f"{stage_name}.{j}"] = _count([block])

@@ -19,6 +19,9 @@ Mixed precision: torch.autocast runs convs and matmuls in bf16 or fp16 while
 the weights, their gradients and the optimizer stay fp32; fp16 also scales
 the loss (torch.amp.GradScaler) so small gradients do not flush to zero.
 bf16 works on CPU and CUDA, fp16 only on CUDA.
+
+The optimizer state is exchanged under canonical names ('momentum.<name>',
+see resnet_multi.backends.common), checked all or nothing.
 """
 
 from __future__ import annotations
@@ -29,22 +32,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from resnet_multi.arch.plan import plan
-from resnet_multi.errors import UserError
+from resnet_multi.backends.common import MOMENTUM_PREFIX, check_precision, momentum_shapes
+from resnet_multi.errors import PrecisionUnavailable
 from resnet_multi.weights.canonical import WeightsError, check_tensors
 
+from .model import FRAMEWORK
+from .weights import from_numpy, parameters, to_numpy
+
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-MOMENTUM_PREFIX = "momentum."
-
-
-class PrecisionUnavailable(UserError, ValueError):
-    """A precision that is unknown, or that this device cannot run."""
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `precision` on `device` (None: plain fp32), or PrecisionUnavailable."""
-    if precision not in PRECISIONS:
-        raise PrecisionUnavailable(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision, PRECISIONS, FRAMEWORK)
     if precision == "fp16" and device.type != "cuda":
         raise PrecisionUnavailable("precision 'fp16' needs a CUDA GPU in the torch backend; "
                                    "on CPU use 'bf16' or 'fp32'")
@@ -88,22 +88,12 @@ class TrainStep:
 
     def __call__(self, x, labels) -> float:
         """x: float32 NCHW numpy, labels: int64 (N,) numpy -> the mean cross-entropy before the update."""
-        x = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        x = from_numpy(x).to(self.device)
         labels = torch.as_tensor(np.asarray(labels, dtype=np.int64)).to(self.device)
         return float(self.run(x, labels))
 
 
-def make_train_step(model: torch.nn.Module, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
-                    precision: str = "fp32") -> TrainStep:
-    return TrainStep(model, lr=lr, momentum=momentum, weight_decay=weight_decay, precision=precision)
-
-
 # -- optimizer state with canonical names -------------------------------------------------
-
-
-def _named_params(step: TrainStep) -> dict[str, torch.nn.Parameter]:
-    # The model's parameter names ARE the canonical ones (see weights.py).
-    return dict(step.model.named_parameters())
 
 
 def optimizer_state(step: TrainStep) -> dict[str, np.ndarray]:
@@ -114,10 +104,10 @@ def optimizer_state(step: TrainStep) -> dict[str, np.ndarray]:
     which is what a zero buffer gives too).
     """
     out = {}
-    for name, param in _named_params(step).items():
+    for name, param in parameters(step.model).items():
         buf = step.optimizer.state.get(param, {}).get("momentum_buffer")
         if buf is not None:
-            out[MOMENTUM_PREFIX + name] = buf.detach().to("cpu", torch.float32).numpy().copy()
+            out[MOMENTUM_PREFIX + name] = to_numpy(buf)
     return out
 
 
@@ -127,8 +117,8 @@ def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> No
     An empty dict clears the buffers (a fresh optimizer); otherwise every
     trainable parameter needs its buffer, with the parameter's shape.
     """
-    params = _named_params(step)
-    want = {MOMENTUM_PREFIX + k: tuple(v) for k, v in plan(step.model.spec).param_shapes().items()}
+    params = parameters(step.model)
+    want = momentum_shapes(step.model.spec)
     if set(want) != {MOMENTUM_PREFIX + k for k in params}:  # the model disagrees with its spec: a bug here
         raise WeightsError(f"torch model of {step.model.spec.name} has parameters outside its spec")
     if state:
@@ -138,5 +128,5 @@ def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> No
             if not state:
                 step.optimizer.state.pop(param, None)
                 continue
-            buf = torch.as_tensor(np.ascontiguousarray(state[MOMENTUM_PREFIX + name], dtype=np.float32))
+            buf = from_numpy(state[MOMENTUM_PREFIX + name])
             step.optimizer.state[param]["momentum_buffer"] = buf.to(param.device).clone()

@@ -1,0 +1,134 @@
+"""torch's own weight files: a state_dict saved with torch.save (format 'torch': .pt, .pth, .bin).
+
+Ours, torchvision's and timm's share the canonical names, so a file is read
+whole, unwrapped from a training checkpoint ('state_dict' / 'model') and
+stripped of DataParallel or torch.compile prefixes, then checked against the
+spec: every tensor fits, or nothing is returned. Read only with
+torch.load(weights_only=True): tensors and plain containers, never arbitrary
+pickled objects. Written as torchvision's model.load_state_dict(strict=True)
+takes it, BN counters included, through resnet_multi.files.atomic_write.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from resnet_multi.arch.plan import Norm, plan
+from resnet_multi.arch.spec import ResNetSpec
+from resnet_multi.files import atomic_write
+from resnet_multi.weights.canonical import WeightsError, check_state
+from resnet_multi.weights.zoo_names import from_torchvision
+
+from .weights import COUNTER, to_numpy
+
+FORMATS = ("torch",)
+# Containers a checkpoint may wrap its state_dict in (training scripts, timm, DeiT-style).
+WRAPPERS = ("state_dict", "model")
+# Prefixes of wrapped modules: DistributedDataParallel / DataParallel, torch.compile.
+PREFIXES = ("module.", "_orig_mod.")
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise WeightsError(f"the torch backend reads and writes the format(s) {', '.join(FORMATS)}, not {fmt!r}")
+
+
+# -- torch.load / torch.save -------------------------------------------------------------------
+
+
+def load(path: Path) -> Any:
+    """torch.load with weights_only=True; any failure is one line naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read weights file ({exc.strerror or exc})") from None
+    except Exception as exc:  # torch/pickle raise many types for corrupt, truncated or foreign files
+        text = str(exc).strip()
+        if "Weights only load failed" in text:
+            raise WeightsError(f"{path}: refused: the file holds pickled objects other than tensors "
+                               "(read with torch.load(weights_only=True))") from None
+        first = text.splitlines()[0][:200] if text else "no detail"
+        raise WeightsError(f"{path}: not a readable torch weights file ({type(exc).__name__}: {first})") from None
+
+
+def save(obj: Any, path: Path) -> None:
+    """torch.save, atomically: a crash never leaves half a file at `path`."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+def unwrap(obj: Any, path: Path) -> Mapping[str, Any]:
+    """The state_dict inside a checkpoint: bare, or under 'state_dict' / 'model'."""
+    for _ in range(3):  # e.g. {'model': {'state_dict': ...}}
+        if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            inner = next((obj[k] for k in WRAPPERS if isinstance(obj.get(k), Mapping)), None)
+            if inner is not None:
+                obj = inner
+                continue
+        break
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path}: not a state_dict (a torch.save'd {type(obj).__name__})")
+    others = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if others or not obj:
+        detail = f"entries that are not tensors: {', '.join(others[:5])}" if others else "no tensors"
+        raise WeightsError(f"{path}: not a state_dict ({detail}); expected name -> tensor, bare or under "
+                           f"{' or '.join(repr(k) for k in WRAPPERS)}")
+    return obj
+
+
+def strip_prefixes(name: str) -> str:
+    """'module._orig_mod.conv1.weight' -> 'conv1.weight' (any order, any repetition of PREFIXES)."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix):], True
+    return name
+
+
+def read_file(path: str | Path, spec: ResNetSpec, fmt: str) -> dict[str, np.ndarray]:
+    """A torch.save'd state_dict (ours, torchvision's, timm's) -> canonical state, refused whole unless it fits."""
+    check_format(fmt)
+    path = Path(path)
+    state_dict = unwrap(load(path), path)
+    renamed: dict[str, np.ndarray] = {}
+    for key, tensor in state_dict.items():
+        name = strip_prefixes(str(key))
+        if name in renamed:
+            raise WeightsError(f"{path}: {name!r} appears twice (with and without a wrapper prefix)")
+        renamed[name] = to_numpy(tensor)  # bf16/fp16 files too
+    state = from_torchvision(renamed)  # drops BN's num_batches_tracked counters
+    check_state(spec, state, source=str(path))
+    return state
+
+
+# -- writing --------------------------------------------------------------------------------
+
+
+def state_dict(state: Mapping[str, np.ndarray], spec: ResNetSpec) -> OrderedDict[str, torch.Tensor]:
+    """Canonical state -> a torchvision-style state_dict: model order, BN counters included (as zeros)."""
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for module in plan(spec).modules():
+        leaves = [k for k in ("weight", "bias", "running_mean", "running_var") if f"{module.name}.{k}" in state]
+        for leaf in leaves:
+            # A copy of its own: the file holds exactly this tensor's bytes, not a larger array it views.
+            out[f"{module.name}.{leaf}"] = torch.from_numpy(
+                np.array(state[f"{module.name}.{leaf}"], dtype=np.float32, order="C"))
+        if isinstance(module, Norm):
+            out[f"{module.name}.{COUNTER}"] = torch.tensor(0, dtype=torch.long)
+    return out
+
+
+def write_file(state: Mapping[str, np.ndarray], path: str | Path, spec: ResNetSpec, fmt: str) -> None:
+    """Canonical state -> a state_dict file that torchvision's model.load_state_dict(strict=True) takes."""
+    check_format(fmt)
+    check_state(spec, state)
+    save(state_dict(state, spec), Path(path))
