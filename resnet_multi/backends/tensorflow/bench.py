@@ -26,12 +26,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from resnet_multi.backends.common import check_mode
 from resnet_multi.timing import time_callable
 
 from .model import device_of, resolve_device
 from .train import TrainStep, dtype_policy, layer_policy
-
-MODES = ("infer", "train")
 
 
 def _sync(device: str):
@@ -43,8 +42,7 @@ def _sync(device: str):
 def benchmark(model: keras.Model, x, mode: str = "infer", precision: str = "fp32", repeats: int = 5,
               warmup: int = 2, compile: bool = False) -> dict[str, Any]:
     """Time `repeats` forward passes (mode 'infer') or SGD steps (mode 'train') on the batch x (NCHW numpy)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    check_mode(mode)
     policy = dtype_policy(precision)
     device = device_of(model)
     gpu = device.startswith("GPU")
@@ -96,11 +94,11 @@ NATIVE = "keras.applications.ResNet50"
 NATIVE_PRESET = "resnet50_v1"
 
 
-def benchmark_native(x, mode: str = "infer", precision: str = "fp32", repeats: int = 5, device: str = "cpu",
-                     num_classes: int = 1000, compile: bool = False) -> dict[str, Any]:
+def benchmark_native(x, mode: str = "infer", precision: str = "fp32", repeats: int = 5, warmup: int = 2,
+                     compile: bool = False, device: str = "cpu", num_classes: int = 1000) -> dict[str, Any]:
     """keras.applications.ResNet50 (random init, logits out), timed by exactly the same code path as ours."""
     size = tuple(np.shape(x)[2:]) + (np.shape(x)[1],)  # NCHW batch -> the (H, W, C) input shape
     with tf.device(resolve_device(device)):
         model = keras.applications.ResNet50(weights=None, input_shape=size, classes=num_classes,
                                             classifier_activation=None)  # logits, as our models return
-    return benchmark(model, x, mode=mode, precision=precision, repeats=repeats, compile=compile)
+    return benchmark(model, x, mode=mode, precision=precision, repeats=repeats, warmup=warmup, compile=compile)

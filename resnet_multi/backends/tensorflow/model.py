@@ -13,7 +13,7 @@ The model returns logits. activations() runs the same graph (same layers, same
 variables) with every layer-table row as a named output, the usual Keras
 feature-extraction model, traced once per mode (model.row_functions).
 
-Every geometric choice comes from resnet_multi.plan.plan(spec); every
+Every geometric choice comes from resnet_multi.arch.plan.plan(spec); every
 numerics choice from the spec. BN: Keras writes momentum the other way round
 (moving = momentum * moving + (1 - momentum) * batch), so Keras momentum is
 1 - spec.bn.momentum; epsilon passes through. Keras updates moving_variance
@@ -22,7 +22,7 @@ with the biased batch variance (spec running_var='biased'); for 'unbiased'
 itself. Both normalise with the biased batch variance, like the reference.
 
 Keras conv kernels are (kH, kW, I/groups, O); weights.py converts to and from
-the canonical PyTorch layout.
+the canonical PyTorch layout (resnet_multi.weights.layouts).
 """
 
 from __future__ import annotations
@@ -32,15 +32,20 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from functools import partial  # noqa: E402
+from typing import Mapping  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-from resnet_multi.arch.plan import BlockPlan, Conv, HeadPlan, Norm, StemPlan, plan  # noqa: E402
+from resnet_multi.arch.plan import BlockPlan, Conv, HeadPlan, Norm, Pool, StemPlan, plan  # noqa: E402
 from resnet_multi.arch.spec import ResNetSpec  # noqa: E402
-from resnet_multi.errors import BackendUnavailable, DeviceUnavailable  # noqa: E402
+from resnet_multi.backends import common  # noqa: E402
+from resnet_multi.errors import BackendUnavailable  # noqa: E402
+from resnet_multi.weights.canonical import init_weights  # noqa: E402
+
+from . import weights  # noqa: E402
 
 FRAMEWORK = "tensorflow"
 
@@ -59,26 +64,24 @@ for _gpu in tf.config.list_physical_devices("GPU"):
 
 # -- device handling -------------------------------------------------------------------
 
+GPU_HINT = 'a GPU build: pip install "tensorflow[and-cuda]"'
+
 
 def resolve_device(device: str = "auto") -> str:
     """'auto' | 'cpu' | 'gpu' (also 'gpu:N', 'cuda', 'cuda:N') -> a TensorFlow device string ('CPU:0', 'GPU:0')."""
+    # TensorFlow's own spellings ('/device:GPU:0', '/GPU:0') are accepted too.
     name = str(device).strip().lower().removeprefix("/").removeprefix("device:")
-    gpus = tf.config.list_physical_devices("GPU")
-    if name == "auto":
-        name = "gpu" if gpus else "cpu"
-    if name in ("cpu", "cpu:0"):
-        return "CPU:0"
-    kind, _, index = name.partition(":")
-    if kind not in ("gpu", "cuda") or not (index or "0").isdigit():
-        raise DeviceUnavailable(f"unknown device {device!r}; use 'auto', 'cpu' or 'gpu'")
-    if not gpus:
-        raise DeviceUnavailable(f"device {device!r} asked for, but TensorFlow {tf.__version__} sees no GPU")
-    if int(index or 0) >= len(gpus):
-        raise DeviceUnavailable(f"device {device!r} is not there: TensorFlow sees {len(gpus)} GPU(s)")
-    return f"GPU:{int(index or 0)}"
+    kind, index = common.parse_device(name, len(tf.config.list_physical_devices("GPU")),
+                                      f"TensorFlow {tf.__version__}", GPU_HINT)
+    return f"{kind.upper()}:{index}"
 
 
-# -- layers from plan records ----------------------------------------------------------
+def devices() -> list[str]:
+    """The devices TensorFlow sees here: 'CPU:0', then 'GPU:0', 'GPU:1', ..."""
+    return [f"{kind}:{i}" for kind in ("CPU", "GPU") for i in range(len(tf.config.list_physical_devices(kind)))]
+
+
+# -- layers ----------------------------------------------------------------------------
 
 
 class BatchNorm(layers.BatchNormalization):
@@ -125,12 +128,6 @@ ReLU = partial(layers.ReLU, dtype=FP32)
 Add = partial(layers.Add, dtype=FP32)
 
 
-def norm_layer(spec: ResNetSpec):
-    """The spec's BN as a layer factory: Keras momentum = 1 - spec momentum; eps as is."""
-    return partial(BatchNorm, axis=-1, momentum=1.0 - spec.bn.momentum, epsilon=spec.bn.eps,
-                   unbiased_running_var=spec.bn.running_var == "unbiased", dtype=FP32)
-
-
 def conv(x, c: Conv):
     """Explicit symmetric zero padding, then a 'valid' conv: never 'same' (TF pads that asymmetrically)."""
     if c.padding:
@@ -138,35 +135,43 @@ def conv(x, c: Conv):
     return Conv2D(c.out_channels, c.kernel, strides=c.stride, groups=c.groups, use_bias=c.bias, name=c.name)(x)
 
 
-def bn(x, n: Norm, norm, relu: bool = False):
+def batch_norm(x, n: Norm, spec: ResNetSpec, relu: bool = False):
+    """The spec's BN on x [then ReLU]: Keras momentum = 1 - spec momentum; eps as is."""
     # An affine-free norm (the stem's input_bn) has no gamma/beta: running statistics only.
-    x = norm(center=n.affine, scale=n.affine, name=n.name)(x)
+    x = BatchNorm(axis=-1, momentum=1.0 - spec.bn.momentum, epsilon=spec.bn.eps,
+                  unbiased_running_var=spec.bn.running_var == "unbiased", center=n.affine, scale=n.affine,
+                  dtype=FP32, name=n.name)(x)
     return ReLU(name=f"{n.name}.relu")(x) if relu else x
+
+
+def max_pool(x, pool: Pool):
+    """The stem's max-pool, padded by hand with -inf or zeros (Keras has no -inf padding layer,
+    and 'same' pooling would pad asymmetrically)."""
+    p = pool.padding
+    fill = -np.inf if pool.pad_value == "neg_inf" else 0.0
+    x = ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=fill)
+    return MaxPooling2D(pool.kernel, pool.stride, name=pool.name)(x)
 
 
 # -- stem ------------------------------------------------------------------------------
 
 
-def stem(x, s: StemPlan, norm):
+def stem(x, s: StemPlan, spec: ResNetSpec):
     """[input_bn (affine-free, no ReLU)] conv1 [bn1-relu] [maxpool 3x3/2, padded by 1 with -inf or zeros]."""
     if s.input_bn is not None:
-        x = bn(x, s.input_bn, norm)
+        x = batch_norm(x, s.input_bn, spec)
     x = conv(x, s.conv)
     if s.bn is not None:
-        x = ReLU(name="relu")(bn(x, s.bn, norm))
+        x = ReLU(name="relu")(batch_norm(x, s.bn, spec))
     if s.pool is not None:
-        pool, p = s.pool, s.pool.padding
-        # Keras has no -inf padding layer, and 'same' pooling would pad asymmetrically.
-        fill = -np.inf if pool.pad_value == "neg_inf" else 0.0
-        x = ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=fill)
-        x = MaxPooling2D(pool.kernel, pool.stride, name=pool.name)(x)
+        x = max_pool(x, s.pool)
     return x
 
 
 # -- block -----------------------------------------------------------------------------
 
 
-def block(x, b: BlockPlan, norm):
+def block(x, b: BlockPlan, spec: ResNetSpec):
     """One residual block, basic or bottleneck (the plan lists its convs), post- or pre-activation.
 
     Post-activation: conv-bn per conv with a relu between, add the shortcut, relu.
@@ -175,20 +180,20 @@ def block(x, b: BlockPlan, norm):
     the pre-activated input; identity and subsample shortcuts the raw input.
     """
     if b.preact:
-        y = shortcut_in = bn(x, b.preact_bn, norm, relu=True)
+        y = shortcut_in = batch_norm(x, b.preact_bn, spec, relu=True)
         for i, c in enumerate(b.convs):
             y = conv(y, c)
             if i < len(b.norms):
-                y = bn(y, b.norms[i], norm, relu=True)
+                y = batch_norm(y, b.norms[i], spec, relu=True)
     else:
         y = shortcut_in = x
         for i, (c, n) in enumerate(zip(b.convs, b.norms)):
-            y = bn(conv(y, c), n, norm, relu=i < len(b.convs) - 1)
+            y = batch_norm(conv(y, c), n, spec, relu=i < len(b.convs) - 1)
 
     if b.shortcut in ("conv", "conv_bn"):
         shortcut = conv(shortcut_in, b.downsample_conv)
         if b.downsample_bn is not None:
-            shortcut = bn(shortcut, b.downsample_bn, norm)
+            shortcut = batch_norm(shortcut, b.downsample_bn, spec)
     elif b.shortcut == "subsample":  # keep every stride-th pixel (keras.applications: a 1x1/s max-pool)
         shortcut = x[:, :: b.stride, :: b.stride, :]
     else:
@@ -200,20 +205,20 @@ def block(x, b: BlockPlan, norm):
 # -- stage -----------------------------------------------------------------------------
 
 
-def stage(x, blocks: tuple[BlockPlan, ...], norm, rows: dict):
+def stage(x, blocks: tuple[BlockPlan, ...], spec: ResNetSpec, rows: dict):
     """A run of blocks (torchvision's layerN); each block's output is a layer-table row."""
     for b in blocks:
-        x = rows[b.name] = block(x, b, norm)
+        x = rows[b.name] = block(x, b, spec)
     return x
 
 
 # -- head ------------------------------------------------------------------------------
 
 
-def head(x, h: HeadPlan, norm, rows: dict):
+def head(x, h: HeadPlan, spec: ResNetSpec, rows: dict):
     """[post_bn-relu (pre-activation)] global average pool, fc (logits)."""
     if h.post_bn is not None:
-        x = rows["post_bn"] = bn(x, h.post_bn, norm, relu=True)
+        x = rows["post_bn"] = batch_norm(x, h.post_bn, spec, relu=True)
     x = rows["avgpool"] = GlobalAveragePooling2D(name="avgpool")(x)
     x = rows["fc"] = Dense(h.fc.out_features, name=h.fc.name)(x)
     return x
@@ -222,26 +227,23 @@ def head(x, h: HeadPlan, norm, rows: dict):
 # -- build -----------------------------------------------------------------------------
 
 
-def build(spec: ResNetSpec, device: str = "auto", seed: int = 0) -> keras.Model:
-    """The functional keras.Model for `spec` on `device`, loaded with init_weights(spec, seed).
+def build(spec: ResNetSpec, device: str = "auto", seed: int = 0,
+          state: Mapping[str, np.ndarray] | None = None) -> keras.Model:
+    """The functional keras.Model for `spec` on `device`, loaded with `state` (a canonical state)
+    when given, else with init_weights(spec, seed).
 
     Keras layers hold no train/eval flag: every call is inference unless it
     passes training=True, so the model is in inference mode as built.
     """
-    from resnet_multi.weights.canonical import init_weights
-
-    from . import weights
-
     device = resolve_device(device)
     p = plan(spec)
-    norm = norm_layer(spec)
     with tf.device(device):  # variables live where they are created
         image = keras.Input(shape=(None, None, spec.in_channels), name="image", dtype=FP32)
         rows: dict = {}
-        x = rows["stem"] = stem(image, p.stem, norm)
+        x = rows["stem"] = stem(image, p.stem, spec)
         for blocks in p.stages:
-            x = stage(x, blocks, norm, rows)
-        logits = head(x, p.head, norm, rows)
+            x = stage(x, blocks, spec, rows)
+        logits = head(x, p.head, spec, rows)
         model = keras.Model(image, logits, name=spec.name)
         # The same graph (same layers, same variables) with every layer-table row as an output.
         rows_model = keras.Model(image, rows, name=f"{spec.name}.rows")
@@ -252,11 +254,11 @@ def build(spec: ResNetSpec, device: str = "auto", seed: int = 0) -> keras.Model:
     signature = [tf.TensorSpec((None, None, None, spec.in_channels), tf.float32)]
     model.row_functions = {train: tf.function(partial(rows_model, training=train), input_signature=signature)
                            for train in (False, True)}
-    weights.from_canonical(model, init_weights(spec, seed))
+    weights.from_canonical(model, init_weights(spec, seed) if state is None else state)
     return model
 
 
-# -- contract functions ----------------------------------------------------------------
+# -- the contract ----------------------------------------------------------------------
 
 
 def activations(model: keras.Model, x: np.ndarray, train: bool = False) -> dict[str, np.ndarray]:

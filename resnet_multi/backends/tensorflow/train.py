@@ -44,26 +44,19 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from resnet_multi.arch.plan import plan
-from resnet_multi.errors import UserError
+from resnet_multi.backends.common import MOMENTUM_PREFIX, check_precision, momentum_shapes
 from resnet_multi.weights.canonical import WeightsError, check_tensors
+from resnet_multi.weights.layouts import from_channels_last, to_channels_last
 
-from . import weights as native
 from .model import device_of
+from .weights import variables
 
-PRECISIONS = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
-MOMENTUM_PREFIX = "momentum."
-
-
-class PrecisionUnavailable(UserError, ValueError):
-    """A precision that is unknown to this backend."""
+PRECISIONS = {"fp32": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}  # -> Keras dtype policy
 
 
 def dtype_policy(precision: str) -> str | None:
     """The Keras mixed-precision policy for `precision` (None: plain fp32), or PrecisionUnavailable."""
-    if precision not in PRECISIONS:
-        raise PrecisionUnavailable(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return PRECISIONS[precision]
+    return PRECISIONS[check_precision(precision, PRECISIONS, "tensorflow")]
 
 
 @contextmanager
@@ -100,17 +93,25 @@ class TorchSGD(keras.optimizers.SGD):
         if self.coupled_weight_decay:
             g = ops.add(g, ops.multiply(variable, ops.cast(self.coupled_weight_decay, variable.dtype)))
         if self.momentum != 0:
-            b = self.momentums[self._get_variable_index(variable)]
+            b = self.buffer(variable)
             self.assign(b, ops.add(ops.multiply(b, ops.cast(self.momentum, variable.dtype)), g))
             g = b
         self.assign_sub(variable, ops.multiply(g, lr))
+
+    def buffer(self, variable) -> keras.Variable:
+        """The momentum buffer b of one of the variables the optimizer was built with."""
+        return self.momentums[self._get_variable_index(variable)]
 
     def get_config(self):
         return {**super().get_config(), "weight_decay": self.coupled_weight_decay}
 
 
 class TrainStep:
-    """step(x, labels) -> loss before the update; the model's variables and the optimizer change in place."""
+    """step(x, labels) -> loss before the update; the model's variables and the optimizer change in place.
+
+    jit_compile=True compiles the step with XLA (the bench does); training leaves it off, so the
+    last, smaller batch of an epoch needs no recompilation.
+    """
 
     def __init__(self, model: keras.Model, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
                  precision: str = "fp32", jit_compile: bool = False):
@@ -157,26 +158,13 @@ class TrainStep:
         return float(self.run(x, labels))
 
 
-def make_train_step(model: keras.Model, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
-                    precision: str = "fp32", jit_compile: bool = False) -> TrainStep:
-    """The contract's step. jit_compile=True compiles it with XLA (the bench does; training needs no
-    recompilation for the last, smaller batch of an epoch without it)."""
-    return TrainStep(model, lr=lr, momentum=momentum, weight_decay=weight_decay, precision=precision,
-                     jit_compile=jit_compile)
-
-
 # -- optimizer state with canonical names -------------------------------------------------
 
 
-def _buffers(step: TrainStep) -> dict[str, tuple[keras.Variable, object, object]]:
-    """Canonical parameter name -> (its momentum buffer, to canonical layout, from canonical layout)."""
-    by_path = {variable.path: (name, to_canon, from_canon)
-               for name, variable, to_canon, from_canon in native._variables(step.model)}
-    out = {}
-    for variable in step.variables:
-        name, to_canon, from_canon = by_path[variable.path]
-        out[name] = (step.sgd.momentums[step.sgd._get_variable_index(variable)], to_canon, from_canon)
-    return out
+def _buffers(step: TrainStep) -> dict[str, keras.Variable]:
+    """Canonical parameter name -> its momentum buffer (in Keras's layout, as the parameter)."""
+    name_of = {variable.path: name for name, variable in variables(step.model).items()}
+    return {name_of[variable.path]: step.sgd.buffer(variable) for variable in step.variables}
 
 
 def optimizer_state(step: TrainStep) -> dict[str, np.ndarray]:
@@ -187,11 +175,8 @@ def optimizer_state(step: TrainStep) -> dict[str, np.ndarray]:
     """
     if not step.has_buffers:
         return {}
-    out = {}
-    for name, (buffer, to_canon, _) in _buffers(step).items():
-        value = np.asarray(buffer.numpy(), dtype=np.float32)
-        out[MOMENTUM_PREFIX + name] = np.ascontiguousarray(to_canon(value) if to_canon else value)
-    return out
+    return {MOMENTUM_PREFIX + name: np.ascontiguousarray(from_channels_last(np.asarray(buffer.numpy(), np.float32)))
+            for name, buffer in _buffers(step).items()}
 
 
 def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> None:
@@ -206,16 +191,16 @@ def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> No
             raise WeightsError(f"optimizer state holds {len(state)} momentum buffers, but this step has "
                                f"momentum 0; nothing loaded")
         return
-    want = {MOMENTUM_PREFIX + k: tuple(v) for k, v in plan(spec).param_shapes().items()}
+    want = momentum_shapes(spec)
     buffers = _buffers(step)
     if set(want) != {MOMENTUM_PREFIX + k for k in buffers}:  # the model disagrees with its spec: a bug here
         raise WeightsError(f"Keras model of {spec.name} has trainable variables outside its spec")
     if state:
         check_tensors(want, state, f"optimizer state does not fit {spec.name}")
-    for name, (buffer, _, from_canon) in buffers.items():
+    for name, buffer in buffers.items():
         if state:
-            value = np.asarray(state[MOMENTUM_PREFIX + name], dtype=np.float32)
-            buffer.assign(np.ascontiguousarray(from_canon(value) if from_canon else value))
+            value = to_channels_last(np.asarray(state[MOMENTUM_PREFIX + name], dtype=np.float32))
+            buffer.assign(np.ascontiguousarray(value))
         else:
             buffer.assign(np.zeros(buffer.shape, dtype=np.float32))
     step.has_buffers = bool(state)
