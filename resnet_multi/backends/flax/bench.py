@@ -18,7 +18,9 @@
 
 fp32 means fp32: model.py sets jax_default_matmul_precision to 'highest', so
 no TF32 on GPUs, for ours and theirs alike. There is nothing more to do for
-compile=True: XLA compiles every program anyway.
+compile=True: XLA compiles every program anyway (the practice string says so).
+Both functions take every backend's arguments; a mode other than 'infer' or
+'train' is refused by common.check_mode.
 
 The benchmark leaves the model as it found it: its mode and, after a training
 benchmark, its weights and running statistics (the steps are timed, then undone).
@@ -39,14 +41,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen, nnx
+from flax.traverse_util import flatten_dict
 
+from resnet_multi.backends import common
 from resnet_multi.timing import time_callable
+from resnet_multi.weights.layouts import from_channels_last
 
-from .model import _device, _jax_device, _nhwc
-from .train import GROWTH_INTERVAL, INIT_SCALE, TrainStep, compute_dtype, mode_view, pure_step, sgd
-from .weights import _SUFFIX, _to_torch_layout
+from .model import device_name, jax_device, mode_view, model_device, to_nhwc
+from .train import GROWTH_INTERVAL, INIT_SCALE, TrainStep, compute_dtype, pure_step, sgd
+from .weights import CANONICAL_SUFFIX
 
-MODES = ("infer", "train")
 NATIVE = "Flax ImageNet example ResNet50 (Linen), re-implemented"
 NATIVE_PRESET = "resnet50"
 LR = 0.01
@@ -54,11 +58,6 @@ LR = 0.01
 
 def _apply(graphdef, state, x):
     return nnx.merge(graphdef, state)(x)
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
 
 
 def _peak_memory(device: jax.Device, result: dict[str, Any]) -> None:
@@ -71,7 +70,9 @@ def _labels(batch: int, num_classes: int, device: jax.Device) -> jax.Array:
     return jax.device_put(np.arange(batch, dtype=np.int32) % num_classes, device)
 
 
-def _practice(mode: str, precision: str, parts: list[str]) -> str:
+def _practice(mode: str, precision: str, parts: list[str], compile: bool) -> str:
+    if compile:
+        parts = [*parts, "compile=True: nothing more, XLA compiles every program"]
     parts = [*parts, "NHWC", "block_until_ready"]
     if precision != "fp32":
         parts.append(f"compute dtype {precision}, fp32 params"
@@ -82,10 +83,10 @@ def _practice(mode: str, precision: str, parts: list[str]) -> str:
 def benchmark(model, x, mode: str = "infer", precision: str = "fp32", repeats: int = 5, warmup: int = 2,
               compile: bool = False) -> dict[str, Any]:
     """Time `repeats` forward passes (mode 'infer') or SGD steps (mode 'train') on the batch x (NCHW numpy)."""
-    _check_mode(mode)
+    common.check_mode(mode)
     dtype = compute_dtype(precision)
-    device = _device(model)
-    xd = _nhwc(model, x)  # on the device once, outside the timing
+    device = model_device(model)
+    xd = to_nhwc(x, device)  # on the device once, outside the timing
     batch = xd.shape[0]
     saved = None
     try:
@@ -113,10 +114,8 @@ def benchmark(model, x, mode: str = "infer", precision: str = "fp32", repeats: i
     finally:
         if saved is not None:  # undo the timed steps
             nnx.update(model, jax.device_put(saved, device))
-    if compile:
-        parts.append("compile=True: nothing more, XLA compiles every program")
-    result.update(mode=mode, precision=precision, practice=_practice(mode, precision, parts),
-                  device=f"{device.platform}:{device.id}")
+    result.update(mode=mode, precision=precision, practice=_practice(mode, precision, parts, compile),
+                  device=device_name(device))
     return result
 
 
@@ -177,16 +176,14 @@ _NATIVE_MODULES = {"stem_conv": "conv1", "stem_bn": "bn1", "head": "fc", "conv_a
 
 def native_to_canonical(variables) -> dict[str, np.ndarray]:
     """LinenResNet50's variables ({'params', 'batch_stats'}) -> the canonical state of our resnet50."""
-    from flax.traverse_util import flatten_dict
-
     out = {}
     for collection in ("params", "batch_stats"):
         for path, value in flatten_dict(dict(variables[collection])).items():
             *modules, leaf = path
             names = [f"layer{m[len('stage'):].replace('_block', '.')}" if m.startswith("stage")
                      else _NATIVE_MODULES[m] for m in modules]
-            value = _to_torch_layout(np.asarray(value, np.float32))
-            out[".".join([*names, _SUFFIX[leaf]])] = np.ascontiguousarray(value)
+            value = from_channels_last(np.asarray(value, np.float32))
+            out[".".join([*names, CANONICAL_SUFFIX[leaf]])] = np.ascontiguousarray(value)
     return out
 
 
@@ -228,14 +225,14 @@ def _linen_train_step(net: LinenResNet50, tx: optax.GradientTransformation, scal
     return step
 
 
-def benchmark_native(x, mode: str = "infer", precision: str = "fp32", repeats: int = 5, device: str = "cpu",
-                     num_classes: int = 1000, warmup: int = 2) -> dict[str, Any]:
+def benchmark_native(x, mode: str = "infer", precision: str = "fp32", repeats: int = 5, warmup: int = 2,
+                     compile: bool = False, device: str = "cpu", num_classes: int = 1000) -> dict[str, Any]:
     """Flax's ImageNet-example ResNet-50 (Linen), timed with exactly the same practice as benchmark()."""
-    _check_mode(mode)
+    common.check_mode(mode)
     dtype = compute_dtype(precision)
-    dev = _jax_device(device)
+    dev = jax_device(device)
     net = LinenResNet50(num_classes=num_classes, dtype=dtype or jnp.float32)
-    xd = jax.device_put(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1)), dev)
+    xd = to_nhwc(x, dev)
     batch = xd.shape[0]
     variables = jax.device_put(_random_variables(net, xd.shape[1:]), dev)
     if mode == "infer":
@@ -259,6 +256,6 @@ def benchmark_native(x, mode: str = "infer", precision: str = "fp32", repeats: i
         parts = ["jax.jit SGD step", "donated buffers"]
     result = time_callable(run, jax.block_until_ready, batch, repeats=repeats, warmup=warmup)
     _peak_memory(dev, result)
-    result.update(mode=mode, precision=precision, practice=_practice(mode, precision, parts),
-                  device=f"{dev.platform}:{dev.id}")
+    result.update(mode=mode, precision=precision, practice=_practice(mode, precision, parts, compile),
+                  device=device_name(dev))
     return result

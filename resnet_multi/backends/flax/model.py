@@ -4,11 +4,12 @@ The book (Dive into Deep Learning) writes its JAX ResNet with Flax Linen; we
 use NNX, the API Flax recommends for new code: modules are ordinary Python
 objects that own their variables, like torch's nn.Module.
 
-Every layer comes from ``resnet_multi.plan.plan(spec)``, so geometry and names
+Every layer comes from ``resnet_multi.arch.plan.plan(spec)``, so geometry and names
 are the core's, not re-derived here. Attribute paths are the canonical names
 (``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer1.0.downsample.0``,
 ``post_bn``, ``fc``); only the variable names differ (``kernel``, ``scale``,
-``mean``, ``var``), see weights.py.
+``mean``, ``var``), see weights.py. Devices are JAX's: 'cpu:0', 'gpu:N'
+(and 'cpu:N' where the host is split into several devices).
 
 Numerics: padding is explicit and symmetric everywhere (never 'SAME', which
 pads bottom/right only); the max-pool pads with -inf or zeros as the spec
@@ -29,7 +30,9 @@ training step) they become part of the outer program.
 from __future__ import annotations
 
 from functools import partial
+from typing import Mapping
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +41,10 @@ from flax import nnx
 from resnet_multi.arch.plan import BlockPlan, Conv, Norm, Pool, plan
 from resnet_multi.arch.spec import BatchNorm as BNSpec
 from resnet_multi.arch.spec import ResNetSpec
-from resnet_multi.errors import DeviceUnavailable
+from resnet_multi.backends import common
+from resnet_multi.weights.canonical import init_weights
+
+from .weights import from_canonical
 
 FRAMEWORK = "flax"
 
@@ -47,42 +53,40 @@ jax.config.update("jax_default_matmul_precision", "highest")
 PRECISION = jax.lax.Precision.HIGHEST
 
 
-# -- device handling -----------------------------------------------------------
+# -- device handling --------------------------------------------------------------------------
 
 
-def _gpus() -> list:
+def _gpus() -> list[jax.Device]:
     try:
         return jax.devices("gpu")
     except RuntimeError:  # no GPU backend (CPU-only jaxlib, or no CUDA device)
         return []
 
 
-def _jax_device(device: str) -> jax.Device:
-    """'auto' | 'cpu' | 'gpu' | 'cpu:N' | 'gpu:N' ('cuda' is an alias of 'gpu') -> a jax.Device."""
-    kind, _, index = str(device).lower().partition(":")
-    kind = "gpu" if kind == "cuda" else kind
-    if kind == "auto" and not index:
-        return (_gpus() or jax.devices("cpu"))[0]
-    if kind not in ("cpu", "gpu") or (index and not index.isdigit()):
-        raise DeviceUnavailable(f"unknown device {device!r} for flax; use auto, cpu, gpu or gpu:N")
-    found = _gpus() if kind == "gpu" else jax.devices("cpu")
-    if not found:
-        raise DeviceUnavailable(f"device {device!r} asked for, but JAX {jax.__version__} sees no GPU here "
-                                f"(devices: {', '.join(str(d) for d in jax.devices())})")
-    if int(index or 0) >= len(found):
-        raise DeviceUnavailable(f"device {device!r} asked for, but JAX sees only {len(found)} {kind} device(s)")
-    return found[int(index or 0)]
+def jax_device(device: str = "auto") -> jax.Device:
+    """A device string (common.parse_device's forms, and 'cpu:N' for JAX's host devices) -> the jax.Device."""
+    cpus = jax.devices("cpu")
+    kind, index = common.parse_device(device, len(_gpus()), f"JAX {jax.__version__}",
+                                      hint=f"devices: {', '.join(str(d) for d in jax.devices())}",
+                                      cpu_count=len(cpus))
+    return (_gpus() if kind == "gpu" else cpus)[index]
 
 
-def _name(dev: jax.Device) -> str:
+def device_name(dev: jax.Device) -> str:
+    """A jax.Device -> 'cpu:0', 'gpu:1', ...: this backend's device strings."""
     return f"{dev.platform}:{dev.id}"
 
 
-def resolve_device(device: str) -> str:
-    return _name(_jax_device(device))
+def resolve_device(device: str = "auto") -> str:
+    return device_name(jax_device(device))
 
 
-# -- layers: every choice from the plan, nothing from a Flax default --------------
+def devices() -> list[str]:
+    """Every device JAX sees: the host's CPU device(s), then the GPUs."""
+    return [device_name(d) for d in [*jax.devices("cpu"), *_gpus()]]
+
+
+# -- layers: every choice from the plan, nothing from a Flax default -------------------------
 
 # Flax's initializers would draw weights that build() overwrites with the core's: start from zeros.
 ZEROS = nnx.initializers.zeros_init()
@@ -126,7 +130,9 @@ class BatchNorm(nnx.BatchNorm):
         return y.astype(out_dtype)
 
 
-# -- stem: [input_bn] conv1 [bn1-relu] [maxpool]; its layers are attributes of ResNet --
+def batch_norm(n: Norm | None, bn: BNSpec, rngs: nnx.Rngs) -> BatchNorm | None:
+    """The spec's BN for a plan Norm record; None where the plan has none (so optional BNs read as one line)."""
+    return BatchNorm(n, bn, rngs) if n is not None else None
 
 
 def max_pool(x, pool: Pool):
@@ -135,6 +141,9 @@ def max_pool(x, pool: Pool):
         x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
         return nnx.max_pool(x, (k, k), strides=(s, s), padding="VALID")
     return nnx.max_pool(x, (k, k), strides=(s, s), padding=((p, p), (p, p)))  # pads with -inf
+
+
+# -- stem: [input_bn] conv1 [bn1-relu] [maxpool]; its layers are attributes of ResNet ---------
 
 
 @partial(nnx.jit, static_argnames="pool", graph=False)  # the pool is a plan record, not an array
@@ -147,7 +156,7 @@ def stem(x, input_bn: BatchNorm | None, conv1: nnx.Conv, bn1: BatchNorm | None, 
     return max_pool(x, pool) if pool is not None else x
 
 
-# -- block: basic or bottleneck, post- or pre-activation ------------------------
+# -- block: basic or bottleneck, post- or pre-activation -------------------------------------
 
 
 class Block(nnx.Module):
@@ -161,14 +170,14 @@ class Block(nnx.Module):
 
     def __init__(self, p: BlockPlan, bn: BNSpec, rngs: nnx.Rngs):
         convs = [conv(c, rngs) for c in p.convs]
-        norms = [BatchNorm(n, bn, rngs) for n in p.norms] + [None] * (len(p.convs) - len(p.norms))
-        self.preact_bn = BatchNorm(p.preact_bn, bn, rngs) if p.preact_bn else None
+        norms = [batch_norm(n, bn, rngs) for n in p.norms] + [None] * (len(p.convs) - len(p.norms))
+        self.preact_bn = batch_norm(p.preact_bn, bn, rngs)
         self.conv1, self.bn1 = convs[0], norms[0]
         self.conv2, self.bn2 = convs[1], norms[1]
         self.conv3, self.bn3 = (convs[2], norms[2]) if len(convs) == 3 else (None, None)
         # nnx.List names its layers downsample.0 (the conv) and downsample.1 (the BN of 'conv_bn')
         self.downsample = nnx.List([conv(p.downsample_conv, rngs)]
-                                   + ([BatchNorm(p.downsample_bn, bn, rngs)] if p.downsample_bn else [])
+                                   + ([batch_norm(p.downsample_bn, bn, rngs)] if p.downsample_bn else [])
                                    ) if p.downsample_conv else None
         self.stride = p.stride
 
@@ -197,14 +206,14 @@ class Block(nnx.Module):
         return self.residual(pre) + self.shortcut(pre if self.downsample is not None else x)
 
 
-# -- stage: a run of blocks, named layerI.J --------------------------------------
+# -- stage: a run of blocks, named layerI.J ----------------------------------------------------
 
 
 def stage(blocks: tuple[BlockPlan, ...], bn: BNSpec, rngs: nnx.Rngs) -> nnx.List:
     return nnx.List([Block(b, bn, rngs) for b in blocks])
 
 
-# -- head: [post_bn-relu] - global average pool - fc -------------------------------
+# -- head: [post_bn-relu] - global average pool - fc -------------------------------------------
 
 
 def global_avg_pool(x):
@@ -219,7 +228,7 @@ def head(x, post_bn: BatchNorm | None, fc: nnx.Linear):
     return post, pooled, fc(pooled)
 
 
-# -- the network -----------------------------------------------------------------
+# -- build ---------------------------------------------------------------------------------------
 
 
 class ResNet(nnx.Module):
@@ -229,16 +238,16 @@ class ResNet(nnx.Module):
         p = plan(spec)
         self.spec = spec
         # stem
-        self.input_bn = BatchNorm(p.stem.input_bn, spec.bn, rngs) if p.stem.input_bn else None
+        self.input_bn = batch_norm(p.stem.input_bn, spec.bn, rngs)
         self.conv1 = conv(p.stem.conv, rngs)
-        self.bn1 = BatchNorm(p.stem.bn, spec.bn, rngs) if p.stem.bn else None
+        self.bn1 = batch_norm(p.stem.bn, spec.bn, rngs)
         self.pool = p.stem.pool  # no variables: the plan's record
         # stages: attributes layer1 ... layerK
         self.stage_names = tuple(f"layer{i + 1}" for i in range(len(p.stages)))
         for name, blocks in zip(self.stage_names, p.stages):
             setattr(self, name, stage(blocks, spec.bn, rngs))
         # head
-        self.post_bn = BatchNorm(p.head.post_bn, spec.bn, rngs) if p.head.post_bn else None
+        self.post_bn = batch_norm(p.head.post_bn, spec.bn, rngs)
         self.fc = nnx.Linear(p.head.fc.in_features, p.head.fc.out_features, kernel_init=ZEROS,
                              precision=PRECISION, rngs=rngs)
 
@@ -262,43 +271,51 @@ class ResNet(nnx.Module):
         return self.rows(x)["fc"]
 
 
-def build(spec: ResNetSpec, device: str = "auto", seed: int = 0) -> ResNet:
-    """The NNX model on `device`, in inference mode, with the core's seeded weights."""
-    from resnet_multi.weights.canonical import init_weights
-
-    from .weights import from_canonical
-
-    with jax.default_device(_jax_device(device)):  # every variable is created there
+def build(spec: ResNetSpec, device: str = "auto", seed: int = 0, state: Mapping[str, np.ndarray] | None = None
+          ) -> ResNet:
+    """The NNX model on `device`, in inference mode: `state` (a canonical state) or the core's seeded weights."""
+    with jax.default_device(jax_device(device)):  # every variable is created there
         model = ResNet(spec, rngs=nnx.Rngs(seed))
-    from_canonical(model, init_weights(spec, seed))
+    from_canonical(model, init_weights(spec, seed) if state is None else state)
     return model
 
 
-# -- the contract ----------------------------------------------------------------
+# -- the contract --------------------------------------------------------------------------------
 
 
-def _device(model: ResNet) -> jax.Device:
+def model_device(model: ResNet) -> jax.Device:
+    """The jax.Device the model's variables live on."""
     return next(iter(model.conv1.kernel[...].devices()))
 
 
-def _view(model: ResNet, train: bool) -> ResNet:
-    # nnx.view shares the model's variables: in training BN uses batch statistics and
-    # its running-stat updates land in `model`, whose own mode is left as it was.
-    return nnx.view(model, use_running_average=not train, graph=False)
+def mode_view(model: ResNet, train: bool, dtype=None) -> ResNet:
+    """A view of `model` sharing its variables: BN in training or inference mode, layers computing in `dtype`.
+
+    In training BN uses batch statistics and its running-stat updates land in
+    `model`, whose own mode is left as it was. nnx.view copies the modules
+    (not the variables), so the view's compute dtype leaves the model as it was.
+    """
+    view = nnx.view(model, use_running_average=not train, graph=False)
+    if dtype is not None:
+        for _, module in nnx.iter_modules(view):
+            if isinstance(module, (nnx.Conv, nnx.Linear, nnx.BatchNorm)):
+                module.dtype = dtype  # param_dtype stays float32: Flax casts the weights per layer
+    return view
 
 
-def _nhwc(model: ResNet, x) -> jax.Array:
-    return jax.device_put(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1)), _device(model))
+def to_nhwc(x, device: jax.Device) -> jax.Array:
+    """NCHW images (NumPy) -> an NHWC float32 array on `device`."""
+    return jax.device_put(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1)), device)
 
 
 def activations(model: ResNet, x, train: bool = False) -> dict[str, np.ndarray]:
-    rows = _view(model, train).rows(_nhwc(model, x))
+    rows = mode_view(model, train).rows(to_nhwc(x, model_device(model)))
     return {name: np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2)) if a.ndim == 4 else np.asarray(a)
             for name, a in rows.items()}
 
 
 def forward(model: ResNet, x, train: bool = False) -> np.ndarray:
-    return np.asarray(_view(model, train)(_nhwc(model, x)))
+    return np.asarray(mode_view(model, train)(to_nhwc(x, model_device(model))))
 
 
 def _row_of(path: tuple) -> str:
@@ -320,10 +337,8 @@ def row_counts(model: ResNet) -> dict[str, tuple[int, int]]:
 
 
 def device_of(model: ResNet) -> str:
-    return _name(_device(model))
+    return device_name(model_device(model))
 
 
 def framework_version() -> str:
-    import flax
-
     return f"flax {flax.__version__} (jax {jax.__version__})"

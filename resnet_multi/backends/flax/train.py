@@ -29,7 +29,11 @@ compute dtype, while the parameters, their gradients and the optimizer stay
 fp32 (``param_dtype``); BN statistics are computed in fp32 and the loss too.
 fp16 also scales the loss dynamically, as torch.amp.GradScaler does (start
 2**16, halve and skip the step on inf/nan gradients, double after 2000 good
-steps); bf16 has fp32's exponent range and needs none.
+steps); bf16 has fp32's exponent range and needs none. Any other precision
+is a PrecisionUnavailable.
+
+Optimizer state has the names every backend uses ('momentum.<canonical
+name>', backends.common) and the canonical layout.
 """
 
 from __future__ import annotations
@@ -43,42 +47,21 @@ import numpy as np
 import optax
 from flax import nnx
 
-from resnet_multi.arch.plan import plan
-from resnet_multi.errors import UserError
+from resnet_multi.backends import common
 from resnet_multi.weights.canonical import WeightsError, check_tensors
+from resnet_multi.weights.layouts import from_channels_last, to_channels_last
 
-from .model import _device, _nhwc
-from .weights import _SUFFIX, _to_flax_layout, _to_torch_layout
+from .model import mode_view, model_device, to_nhwc
+from .weights import canonical_name
 
 PRECISIONS = {"fp32": None, "bf16": jnp.bfloat16, "fp16": jnp.float16}
-MOMENTUM_PREFIX = "momentum."
 # torch.amp.GradScaler's defaults
 INIT_SCALE, GROWTH_INTERVAL = 2.0**16, 2000
 
 
-class PrecisionUnavailable(UserError, ValueError):
-    """A precision that is unknown."""
-
-
 def compute_dtype(precision: str):
     """The compute dtype for `precision` (None: plain fp32), or PrecisionUnavailable."""
-    if precision not in PRECISIONS:
-        raise PrecisionUnavailable(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return PRECISIONS[precision]
-
-
-def mode_view(model, train: bool, dtype=None):
-    """A view of `model` sharing its variables: BN in training or inference mode, layers computing in `dtype`.
-
-    nnx.view copies the modules (not the variables), so setting the compute
-    dtype on the view's layers leaves the user's model as it was.
-    """
-    view = nnx.view(model, use_running_average=not train, graph=False)
-    if dtype is not None:
-        for _, module in nnx.iter_modules(view):
-            if isinstance(module, (nnx.Conv, nnx.Linear, nnx.BatchNorm)):
-                module.dtype = dtype  # param_dtype stays float32: Flax casts the weights per layer
-    return view
+    return PRECISIONS[common.check_precision(precision, PRECISIONS, "flax")]
 
 
 @functools.lru_cache(maxsize=None)
@@ -163,7 +146,7 @@ class TrainStep:
         self.momentum = momentum
         self.view = mode_view(model, train=True, dtype=self.dtype)
         tx = sgd(float(lr), float(momentum), float(weight_decay), skip_nonfinite=precision == "fp16")
-        device = _device(model)
+        device = model_device(model)
         with jax.default_device(device):
             self.scaler = LossScale() if precision == "fp16" else None
             self.optimizer = nnx.Optimizer(self.view, tx, wrt=nnx.Param, graph=False)
@@ -181,8 +164,8 @@ class TrainStep:
 
     def __call__(self, x, labels) -> float:
         """x: float32 NCHW numpy, labels: int (N,) numpy -> the mean cross-entropy before the update."""
-        labels = jax.device_put(np.asarray(labels, np.int32), _device(self.model))
-        return float(self.run(_nhwc(self.model, x), labels))
+        device = model_device(self.model)
+        return float(self.run(to_nhwc(x, device), jax.device_put(np.asarray(labels, np.int32), device)))
 
     def traces(self) -> dict[str, nnx.Variable]:
         """Canonical parameter name -> the optimizer's momentum buffer (empty without momentum)."""
@@ -190,13 +173,8 @@ class TrainStep:
         for path, var in nnx.to_flat_state(nnx.state(self.optimizer.opt_state, graph=False)):
             if "trace" in path:
                 param = path[path.index("trace") + 1:]
-                out[".".join(str(p) for p in param[:-1]) + "." + _SUFFIX[param[-1]]] = var
+                out[canonical_name(param)] = var
         return out
-
-
-def make_train_step(model, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
-                    precision: str = "fp32") -> TrainStep:
-    return TrainStep(model, lr=lr, momentum=momentum, weight_decay=weight_decay, precision=precision)
 
 
 # -- optimizer state with canonical names -------------------------------------------------
@@ -210,8 +188,8 @@ def optimizer_state(step: TrainStep) -> dict[str, np.ndarray]:
     """
     if not step.has_buffers:
         return {}
-    return {MOMENTUM_PREFIX + name: np.ascontiguousarray(_to_torch_layout(np.asarray(var.get_value())),
-                                                         dtype=np.float32)
+    return {common.MOMENTUM_PREFIX + name: np.ascontiguousarray(from_channels_last(np.asarray(var.get_value())),
+                                                                dtype=np.float32)
             for name, var in step.traces().items()}
 
 
@@ -221,14 +199,15 @@ def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> No
     An empty dict clears the buffers (a fresh optimizer); otherwise every
     trainable parameter needs its buffer, with the parameter's shape.
     """
-    want = {MOMENTUM_PREFIX + k: tuple(v) for k, v in plan(step.model.spec).param_shapes().items()}
+    want = common.momentum_shapes(step.model.spec)
     if state:
         check_tensors(want, state, f"optimizer state does not fit {step.model.spec.name}")
     traces = step.traces()
-    if traces and set(traces) != {k[len(MOMENTUM_PREFIX):] for k in want}:  # model vs its spec: a bug here
+    if traces and set(traces) != {common.momentum_of(k) for k in want}:  # model vs its spec: a bug here
         raise WeightsError(f"flax model of {step.model.spec.name} has parameters outside its spec")
+    prefix = common.MOMENTUM_PREFIX
     new = {name: (np.zeros(var.get_value().shape, np.float32) if not state else
-                  np.ascontiguousarray(_to_flax_layout(np.asarray(state[MOMENTUM_PREFIX + name], np.float32))))
+                  np.ascontiguousarray(to_channels_last(np.asarray(state[prefix + name], np.float32))))
            for name, var in traces.items()}  # every conversion before any buffer changes
     for name, var in traces.items():
         var.set_value(jax.device_put(new[name], var.get_value().sharding))
