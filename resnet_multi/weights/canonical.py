@@ -126,15 +126,20 @@ def save_state(state: Mapping[str, np.ndarray], path: str | Path, spec: ResNetSp
     return atomic_write(path, blob)
 
 
+def read_weights_bytes(path: str | Path) -> bytes:
+    """The bytes of a weights file, or a one-line WeightsError naming it."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read weights file ({exc.strerror or exc})") from None
+
+
 def load_state(path: str | Path, spec: ResNetSpec | None = None) -> dict[str, np.ndarray]:
     """Read a canonical safetensors file; with a spec, refuse it whole unless it fits."""
     from safetensors.numpy import load
 
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise WeightsError(f"{path}: cannot read weights file ({exc.strerror or exc})") from None
+    data = read_weights_bytes(path)
     try:
         state = load(data)
     except Exception as exc:  # safetensors raises its own error types for corrupt or truncated files

@@ -18,7 +18,7 @@ from flax import nnx, serialization
 
 from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.files import atomic_write
-from resnet_multi.weights.canonical import WeightsError, check_state
+from resnet_multi.weights.canonical import WeightsError, check_state, read_weights_bytes
 from resnet_multi.weights.layouts import from_channels_last
 
 from .model import ResNet, jax_device
@@ -62,10 +62,7 @@ def read_file(path, spec: ResNetSpec, fmt: str = "flax") -> dict[str, np.ndarray
     """A msgpack file of our model's state -> canonical state; refused whole unless every tensor fits."""
     _check_format(fmt)
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise WeightsError(f"{path}: cannot read weights file ({exc.strerror or exc})") from None
+    data = read_weights_bytes(path)
     try:
         tree = serialization.msgpack_restore(data)
     except Exception as exc:  # msgpack raises ValueError, ExtraData, FormatError, ... for corrupt or truncated data

@@ -11,6 +11,7 @@ takes it, BN counters included, through resnet_multi.files.atomic_write.
 
 from __future__ import annotations
 
+import io
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,7 +22,7 @@ import torch
 from resnet_multi.arch.plan import Norm, plan
 from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.files import atomic_write
-from resnet_multi.weights.canonical import WeightsError, check_state
+from resnet_multi.weights.canonical import WeightsError, check_state, read_weights_bytes
 from resnet_multi.weights.zoo_names import from_torchvision
 
 from .weights import COUNTER, to_numpy
@@ -43,10 +44,9 @@ def check_format(fmt: str) -> None:
 
 def load(path: Path) -> Any:
     """torch.load with weights_only=True; any failure is one line naming the file."""
+    data = io.BytesIO(read_weights_bytes(path))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as exc:
-        raise WeightsError(f"{path}: cannot read weights file ({exc.strerror or exc})") from None
+        return torch.load(data, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch/pickle raise many types for corrupt, truncated or foreign files
         text = str(exc).strip()
         if "Weights only load failed" in text:
