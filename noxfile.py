@@ -1,6 +1,7 @@
 """One environment per framework: MXNet (numpy<1.24) and JAX (numpy>=2) never share one.
 
-    nox                 # every test session: core, torch, tensorflow, flax, mxnet, interop
+    nox                 # every test session: core, wheel, torch, tensorflow, flax, mxnet, interop
+    nox -s wheel        # build the sdist and the wheel, install the wheel as a user would and run it
     nox -s torch -- -x  # one backend; arguments after -- go to pytest
 """
 
@@ -10,7 +11,7 @@ import sys
 
 import nox
 
-nox.options.sessions = ["core", "torch", "tensorflow", "flax", "mxnet", "interop"]
+nox.options.sessions = ["core", "wheel", "torch", "tensorflow", "flax", "mxnet", "interop"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "virtualenv"
 
@@ -35,6 +36,13 @@ def core(session: nox.Session) -> None:
     """Core tests with no framework installed at all."""
     _install(session, None)
     session.run("pytest", "tests/core", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def wheel(session: nox.Session) -> None:
+    """Build the sdist and the wheel; install the wheel in a fresh venv (no framework), run it outside the checkout."""
+    session.install("build>=1.0")
+    session.run("python", "tests/packaging/smoke.py", *session.posargs)
 
 
 def _backend_session(backend: str):

@@ -22,7 +22,7 @@ from resnet_multi.arch.spec import BatchNorm, ResNetSpec, Stage, Stem, load_spec
 from resnet_multi.errors import BackendUnavailable, DeviceUnavailable, PrecisionUnavailable, SpecError, UserError
 from resnet_multi.faces import BackendFace, backend
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BackendFace", "BackendUnavailable", "BatchNorm", "DeviceUnavailable", "PrecisionUnavailable", "ResNetSpec",
