@@ -51,7 +51,9 @@ def canonical_name(name: str) -> str:
 
 
 def install_hint(name: str) -> str:
-    return f'pip install "resnet-multi[{BACKENDS[canonical_name(name)][1]}]"'
+    # The package index form, and the one that works from a checkout until the package is published.
+    extra = BACKENDS[canonical_name(name)][1]
+    return f'pip install "resnet-multi[{extra}]" (from a checkout: pip install ".[{extra}]")'
 
 
 def importable(name: str) -> bool:
