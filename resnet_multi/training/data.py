@@ -16,16 +16,19 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import math
 import os
 import struct
 import sys
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from resnet_multi.errors import UserError
 
@@ -39,10 +42,36 @@ FASHION_MNIST_FILES = {  # name -> SHA-256 of the .gz as published
 FASHION_MNIST_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                          "ankle boot")
 CHUNK = 1 << 16
+RESIZE_BLOCK_VALUES = 1 << 24  # resize this many output values at a time (64 MiB of float32 temporaries)
 
 
 class DataError(UserError):
     """A dataset that cannot be had or does not check out."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset holds, known before it is loaded (for the memory check and the class count)."""
+
+    train: int
+    val: int
+    channels: int
+    num_classes: int
+
+    def nbytes(self, resize_to: int) -> int:
+        """The float32 images after resizing, training and validation together."""
+        return (self.train + self.val) * self.channels * resize_to * resize_to * 4
+
+
+DATASETS = {"fashion-mnist": DatasetInfo(60_000, 10_000, 1, 10),
+            "digits": DatasetInfo(1_438, 359, 1, 10)}  # 1,797 images, 20% held out
+
+
+def info(name: str) -> DatasetInfo:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}") from None
 
 
 @dataclass
@@ -126,25 +155,62 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
+    except (OSError, EOFError, zlib.error) as exc:  # gzip raises zlib.error for a damaged stream
+        raise DataError(f"{path}: cannot read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                        ) from None
     if len(data) < 4:
         raise DataError(f"{path}: not an IDX file (too short)")
     zero, dtype, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype != 0x08:
         raise DataError(f"{path}: not an unsigned-byte IDX file")
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise DataError(f"{path}: holds {body.size} values, its header promises {int(np.prod(dims))}")
+    if ndim == 0:
+        raise DataError(f"{path}: IDX header names no dimensions")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: IDX header cut short ({len(data)} bytes; {ndim} dimensions need {header})")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    promised = math.prod(dims)  # Python ints: a hostile header cannot overflow it
+    body = np.frombuffer(data, dtype=np.uint8, offset=header)
+    if body.size != promised:
+        raise DataError(f"{path}: holds {body.size} values, its header promises {promised}")
     return body.reshape(dims)
 
 
+def check_pair(images: np.ndarray, labels: np.ndarray, images_path: Path, labels_path: Path,
+               num_classes: int) -> None:
+    """One image per label, labels among the classes: else training would silently use a part, or crash."""
+    if images.ndim != 3:
+        raise DataError(f"{images_path}: expected images (count, height, width), got shape {images.shape}")
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path}: expected labels (count,), got shape {labels.shape}")
+    if len(images) == 0:
+        raise DataError(f"{images_path}: holds no images")
+    if len(images) != len(labels):
+        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
+    bad = np.flatnonzero(labels >= num_classes)
+    if bad.size:
+        raise DataError(f"{labels_path}: label {int(labels[bad[0]])} at index {int(bad[0])} is outside the "
+                        f"{num_classes} classes (0..{num_classes - 1})")
+
+
 def resize(images: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize of (N, 1, H, W) float images (half-pixel centres, like torchvision)."""
+    """Bilinear resize of (N, 1, H, W) float images (half-pixel centres, like torchvision).
+
+    In blocks of images, so that the temporaries stay small and the memory
+    needed is the result's (what the memory check counts).
+    """
     n, c, h, w = images.shape
     if (h, w) == (size, size):
         return images
+    block = max(1, RESIZE_BLOCK_VALUES // (c * size * max(size, w)))
+    out = np.empty((n, c, size, size), np.float32)
+    for start in range(0, n, block):
+        out[start:start + block] = _resize_block(images[start:start + block], size)
+    return out
+
+
+def _resize_block(images: np.ndarray, size: int) -> np.ndarray:
+    h, w = images.shape[2:]
 
     def axis(src: int):
         pos = (np.arange(size) + 0.5) * src / size - 0.5
@@ -179,8 +245,11 @@ def fashion_mnist(resize_to: int = 96, data_dir: str | Path | None = None, url: 
         else:
             report = (lambda done, total, n=name: progress(n, done, total)) if progress else None
             paths[name] = download(url + name, default_cache() / "fashion-mnist" / name, digest, report)
-    arrays = [read_idx(paths[n]) for n in files]
+    names = list(files)
+    arrays = [read_idx(paths[n]) for n in names]
     train_x, train_y, val_x, val_y = arrays
+    check_pair(train_x, train_y, paths[names[0]], paths[names[1]], len(FASHION_MNIST_CLASSES))
+    check_pair(val_x, val_y, paths[names[2]], paths[names[3]], len(FASHION_MNIST_CLASSES))
     if limit:
         train_x, train_y, val_x, val_y = train_x[:limit], train_y[:limit], val_x[:limit], val_y[:limit]
     prep = lambda a: resize(a[:, None].astype(np.float32) / 255.0, resize_to)  # noqa: E731
@@ -210,13 +279,22 @@ def batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True
         yield order[start:start + batch_size]
 
 
-def load(name: str, resize_to: int, data_dir: str | Path | None = None) -> Dataset:
+def load(name: str, resize_to: int, data_dir: str | Path | None = None, show_progress: bool = True) -> Dataset:
+    info(name)  # an unknown name is a DataError listing the known ones
     if name == "digits":
         return digits(resize_to)
-    if name == "fashion-mnist":
-        def progress(file, done, total):
-            if sys.stderr.isatty():
-                pct = f"{100 * done / total:5.1f}%" if total else f"{done >> 10} KiB"
-                print(f"\rdownloading {file}: {pct}", end="", file=sys.stderr, flush=True)
+    bars: dict[str, tqdm] = {}
+
+    def progress(file: str, done: int, total: int | None) -> None:
+        bar = bars.get(file)
+        if bar is None:  # tqdm draws only on a terminal (disable=None), so logs stay clean
+            bar = bars[file] = tqdm(total=total, desc=f"downloading {file}", unit="B", unit_scale=True,
+                                    unit_divisor=1024, leave=False, file=sys.stderr,
+                                    disable=None if show_progress else True)
+        bar.update(done - bar.n)
+
+    try:
         return fashion_mnist(resize_to, data_dir, progress=progress)
-    raise DataError(f"unknown dataset {name!r}; known: fashion-mnist, digits")
+    finally:
+        for bar in bars.values():
+            bar.close()

@@ -9,27 +9,46 @@ Per epoch the run folder receives, each written atomically:
 epoch and config in its metadata), ``metrics.json`` and ``curves.png``.
 ``--resume`` continues after the last complete epoch and gives the same
 result as an uninterrupted run; Ctrl-C leaves that checkpoint usable.
+
+Before anything is loaded or created, the config's numbers are checked
+(finite, in range), the dataset and the model's training memory are checked
+against the machine's (``allow_large`` skips that), and a resume is checked
+against its checkpoint: every setting that changes the numbers must be the
+checkpoint's. A run that fails before its first checkpoint removes the run
+folder it created, and nothing else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import numbers
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from resnet_multi import faces
+from resnet_multi.arch.memory import check_fits, estimate, gib
 from resnet_multi.arch.presets import resolve
+from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.errors import UserError
 from resnet_multi.files import atomic_write
 from resnet_multi.training import data as datasets
 from resnet_multi.weights.canonical import WeightsError, check_state
 
 OPTIMIZER_PREFIX = "optimizer."
+CHECKPOINT_FORMAT = "resnet-multi/checkpoint-1"
+# The settings that change the numbers a run computes: a resume must keep the checkpoint's.
+# (The model is compared by its whole spec.) epochs, device, data_dir, out and allow_large may change:
+# the device changes only the float rounding, data_dir only where the same dataset is read from.
+RESUME_MUST_MATCH = ("backend", "dataset", "batch_size", "lr", "momentum", "seed", "resize", "precision")
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "images_per_s", "seconds")
 
 
 @dataclass
@@ -48,6 +67,39 @@ class TrainConfig:
     precision: str = "fp32"
     out: str | None = None
     resume: bool = False
+    allow_large: bool = False  # skip the memory check (--allow-large)
+
+
+class TrainingDiverged(UserError, ArithmeticError):
+    """The loss became NaN or infinite: the settings (usually the learning rate) make SGD diverge."""
+
+
+def check_config(config: TrainConfig) -> None:
+    """A one-line UserError for a number out of range, before anything is loaded or created."""
+    for name in ("epochs", "batch_size", "resize"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise UserError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(config.seed, bool) or not isinstance(config.seed, numbers.Integral) or config.seed < 0:
+        raise UserError(f"seed must be a non-negative integer, got {config.seed!r}")
+    for name, low, high, rule in (("lr", 0.0, math.inf, "above 0"), ("momentum", 0.0, 1.0, "in [0, 1)")):
+        value = getattr(config, name)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or not (value > low if name == "lr" else low <= value < high):
+            raise UserError(f"{name} must be a finite number {rule}, got {value!r}")
+    for name in ("backend", "dataset", "device", "precision"):
+        if not isinstance(getattr(config, name), str):
+            raise UserError(f"{name} must be a string, got {getattr(config, name)!r}")
+
+
+def check_memory(config: TrainConfig, spec: ResNetSpec) -> None:
+    """Refuse a dataset plus training step that cannot fit, before the dataset is resized (or downloaded)."""
+    side = config.resize
+    dataset = datasets.info(config.dataset).nbytes(side)
+    model = estimate(spec, (spec.in_channels, side, side), config.batch_size, train=True)
+    check_fits(f"training {spec.name} on {config.dataset} at {side}x{side}, batch {config.batch_size},",
+               dataset + model.total, config.allow_large,
+               f"dataset {gib(dataset)}, weights {gib(model.weights)}, activations {gib(model.activations)}")
 
 
 def cross_entropy_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -58,48 +110,118 @@ def cross_entropy_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[
     return loss, float((logits.argmax(axis=1) == labels).mean())
 
 
+# -- checkpoints ------------------------------------------------------------------------------
+
+
 def save_checkpoint(path: Path, weights: dict[str, np.ndarray], optimizer: dict[str, np.ndarray],
                     meta: dict[str, Any]) -> None:
     from safetensors.numpy import save
 
     tensors = {**{k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()},
                **{OPTIMIZER_PREFIX + k: np.ascontiguousarray(v, np.float32) for k, v in optimizer.items()}}
-    atomic_write(path, save(tensors, metadata={"format": "resnet-multi/checkpoint-1", "meta": json.dumps(meta)}))
+    atomic_write(path, save(tensors, metadata={"format": CHECKPOINT_FORMAT,
+                                               "meta": json.dumps(meta, allow_nan=False)}))
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
-    from safetensors import safe_open
+    """Weights, optimizer state and metadata; a WeightsError (one line) for anything but a whole checkpoint."""
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="numpy") as f:
-            meta = json.loads((f.metadata() or {})["meta"])
+            metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # truncated or foreign file
-        raise WeightsError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:200]})") from None
+    except (SafetensorError, OSError, ValueError) as exc:  # truncated, foreign or unreadable
+        raise WeightsError(f"{path}: not a readable checkpoint ({(str(exc).splitlines() or [''])[0][:200]})"
+                           ) from None
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise WeightsError(f"{path}: not a resnet-multi checkpoint (its metadata has no format "
+                           f"{CHECKPOINT_FORMAT!r})")
+    try:
+        meta = json.loads(metadata.get("meta", ""))
+    except (ValueError, RecursionError):
+        raise WeightsError(f"{path}: the checkpoint's metadata is not valid JSON") from None
+    _check_meta(path, meta)
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
     optimizer = {k[len(OPTIMIZER_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
     return weights, optimizer, meta
 
 
+def _check_meta(path: Path, meta: Any) -> None:
+    def bad(what: str) -> WeightsError:
+        return WeightsError(f"{path}: incomplete checkpoint: its metadata {what}")
+
+    if not isinstance(meta, dict):
+        raise bad("is not an object")
+    for key, kind in (("epoch", int), ("history", list), ("config", dict), ("spec", dict)):
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise bad(f"lacks its {key}")
+    if meta["epoch"] < 1 or len(meta["history"]) != meta["epoch"]:
+        raise bad(f"holds {len(meta['history'])} epochs of history for epoch {meta['epoch']}")
+    for row in meta["history"]:
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), (int, float)) for k in HISTORY_KEYS):
+            raise bad("has a history row without " + ", ".join(HISTORY_KEYS))
+    missing = [k for k in RESUME_MUST_MATCH if k not in meta["config"]]
+    if missing:
+        raise bad(f"config lacks {', '.join(missing)}")
+
+
+
+def check_resumable(path: Path, meta: dict[str, Any], config: TrainConfig, spec: ResNetSpec, backend: str) -> None:
+    """Every setting that changes the numbers must be the checkpoint's: one line naming each that is not."""
+    saved = meta["config"]
+    now = {**asdict(config), "backend": backend}
+    changed = []
+    if meta["spec"] != json.loads(json.dumps(spec.to_dict())):
+        changed.append(f"model {meta['spec'].get('name')!r} (now {spec.name!r}"
+                       f"{', another spec of that name' if meta['spec'].get('name') == spec.name else ''})")
+    for key in RESUME_MUST_MATCH:
+        old = saved[key]
+        if key == "backend":
+            with contextlib.suppress(UserError):
+                old = faces.canonical_name(old)
+        if old != now[key]:
+            changed.append(f"{key} {old!r} (now {now[key]!r})")
+    if changed:
+        raise UserError(f"{path} was written with other settings: {', '.join(changed)}; resume with the "
+                        f"checkpoint's settings, or start a new run with another --out")
+    if config.epochs < meta["epoch"]:
+        raise UserError(f"{path} already holds {meta['epoch']} epochs, more than epochs={config.epochs}; "
+                        f"pass --epochs above {meta['epoch']} to continue")
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+
 class Progress:
-    """One line per epoch for logs; a live bar when stderr is a terminal."""
+    """One line per epoch for logs; a live tqdm bar as well when stderr is a terminal; nothing when disabled."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.live = enabled and sys.stderr.isatty()
 
-    def step(self, epoch: int, epochs: int, done: int, total: int, loss: float, rate: float) -> None:
-        if self.live:
-            filled = int(24 * done / total)
-            print(f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (24 - filled)}] {done}/{total} "
-                  f"loss {loss:.4f} {rate:.0f} img/s", end="", file=sys.stderr, flush=True)
+    @contextlib.contextmanager
+    def bar(self, epoch: int, epochs: int, total: int) -> Iterator[Callable[[float, float], None]]:
+        """A function tick(loss, images_per_s) to call after each step; the bar is gone when the block ends."""
+        with tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False, file=sys.stderr,
+                  dynamic_ncols=True, disable=not self.live) as bar:
+            def tick(loss: float, rate: float) -> None:
+                bar.set_postfix_str(f"loss {loss:.4f}, {rate:.0f} img/s", refresh=False)
+                bar.update(1)
+
+            yield tick
 
     def epoch(self, row: dict[str, Any], epochs: int) -> None:
-        if self.enabled:
-            print(("\r" if self.live else "") +
-                  f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, val loss "
+        self.note(f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, val loss "
                   f"{row['val_loss']:.4f}, val acc {row['val_accuracy']:.4f}, {row['images_per_s']:.0f} img/s, "
-                  f"{row['seconds']:.1f} s", file=sys.stderr, flush=True)
+                  f"{row['seconds']:.1f} s")
+
+    def note(self, line: str) -> None:
+        if self.enabled:
+            print(line, file=sys.stderr, flush=True)
+
+
+# -- the loop -----------------------------------------------------------------------------------
 
 
 def _images(x: np.ndarray, channels: int) -> np.ndarray:
@@ -114,66 +236,130 @@ def evaluate(face: faces.BackendFace, model, x: np.ndarray, y: np.ndarray, chann
     return cross_entropy_and_accuracy(logits, y)
 
 
+def make_run_folder(out: Path) -> list[Path]:
+    """Create ``out`` and any missing parents; return those this call created (outermost first)."""
+    missing = []
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"{out}: {folder} is a file, not a folder" if missing else
+                        f"{out}: is a file, not a run folder (--out names a folder)")
+    created: list[Path] = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except OSError as exc:
+            remove_created(created)
+            raise UserError(f"{out}: cannot create the run folder ({exc.strerror or exc})") from None
+        created.append(path)
+    return created
+
+
+def remove_created(created: list[Path]) -> None:
+    """Remove the folders a failed run created, innermost first; one that is not empty stays."""
+    for path in reversed(created):
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
 def train(config: TrainConfig, progress: Progress | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    check_config(config)
     spec = resolve(config.model)
     face = faces.backend(config.backend)
     backend = face.name
     progress = progress or Progress()
     out = Path(config.out or f"runs/{spec.name}-{backend}")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file, not a run folder (--out names a folder)")
     ckpt_path, metrics_path = out / "checkpoint.safetensors", out / "metrics.json"
-    data = datasets.load(config.dataset, config.resize, config.data_dir)
-    if spec.num_classes < data.num_classes:
-        raise UserError(f"{spec.name} has {spec.num_classes} classes; {data.name} needs {data.num_classes}")
-
-    model = face.build(spec, device=config.device, seed=config.seed)
-    step = face.make_train_step(model, lr=config.lr, momentum=config.momentum, precision=config.precision)
+    wanted = datasets.info(config.dataset)
+    if spec.num_classes < wanted.num_classes:
+        raise UserError(f"{spec.name} has {spec.num_classes} classes; {config.dataset} needs {wanted.num_classes}")
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    if config.resume and ckpt_path.exists():
+    if config.resume:
+        if not ckpt_path.is_file():
+            raise UserError(f"nothing to resume: {ckpt_path} does not exist (start without --resume)")
         weights, optimizer, meta = load_checkpoint(ckpt_path)
+        check_resumable(ckpt_path, meta, config, spec, backend)
         check_state(spec, weights, source=str(ckpt_path))
-        saved = {k: meta["config"][k] for k in ("model", "backend", "dataset", "batch_size", "lr", "seed", "resize")}
-        wanted = {k: asdict(config)[k] for k in saved}
-        if saved != wanted:
-            raise UserError(f"{ckpt_path} was written with {saved}, not {wanted}; use another --out")
-        face.from_canonical(model, weights)
-        face.load_optimizer_state(step, optimizer)
         start_epoch, history = meta["epoch"], meta["history"]
-    channels = spec.in_channels
-    n = len(data.train_y)
-    for epoch in range(start_epoch, config.epochs):
-        start = time.perf_counter()
-        losses, seen = [], 0
-        total = (n + config.batch_size - 1) // config.batch_size
-        for i, idx in enumerate(datasets.batches(n, config.batch_size, config.seed, epoch)):
-            losses.append(step(_images(data.train_x[idx], channels), data.train_y[idx]))
-            seen += len(idx)
-            progress.step(epoch + 1, config.epochs, i + 1, total, float(np.mean(losses[-20:])),
-                          seen / (time.perf_counter() - start))
-        train_seconds = time.perf_counter() - start
-        val_loss, val_acc = evaluate(face, model, data.val_x, data.val_y, channels)
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-               "val_accuracy": val_acc, "images_per_s": seen / train_seconds,
-               "seconds": time.perf_counter() - start}
-        history.append(row)
-        meta = {"epoch": epoch + 1, "history": history, "config": asdict(config), "spec": spec.to_dict()}
-        save_checkpoint(ckpt_path, face.to_canonical(model), face.optimizer_state(step), meta)
-        report = _report(config, spec.name, backend, history, face.device_of(model), out)
-        atomic_write(metrics_path, json.dumps(report, indent=2) + "\n")
-        _plot(history, out / "curves.png", f"{spec.name} on {backend}, {data.name}")
-        progress.epoch(row, config.epochs)
-        if on_epoch:
-            on_epoch(row)
+    check_memory(config, spec)
+    model = face.build(spec, device=config.device, seed=config.seed)
+    if start_epoch == config.epochs:
+        progress.note(f"{ckpt_path} already holds all {start_epoch} epochs: nothing to train")
+        return _report(config, spec.name, backend, history, face.device_of(model), out)
+
+    created = make_run_folder(out)
+    try:
+        data = datasets.load(config.dataset, config.resize, config.data_dir, show_progress=progress.enabled)
+        step = face.make_train_step(model, lr=config.lr, momentum=config.momentum, precision=config.precision)
+        if config.resume:
+            face.from_canonical(model, weights)
+            face.load_optimizer_state(step, optimizer)
+        for epoch in range(start_epoch, config.epochs):
+            row = _epoch(face, model, step, data, config, spec.in_channels, epoch, progress)
+            history.append(row)
+            meta = {"epoch": epoch + 1, "history": history, "config": asdict(config), "spec": spec.to_dict()}
+            save_checkpoint(ckpt_path, face.to_canonical(model), face.optimizer_state(step), meta)
+            created = []  # the run has a checkpoint now: its folder stays whatever happens next
+            report = _report(config, spec.name, backend, history, face.device_of(model), out)
+            atomic_write(metrics_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+            _plot(history, out / "curves.png", f"{spec.name} on {backend}, {data.name}")
+            progress.epoch(row, config.epochs)
+            if on_epoch:
+                on_epoch(row)
+    except BaseException:  # not handled here: only the empty folders this call made are taken back
+        remove_created(created)
+        raise
     return _report(config, spec.name, backend, history, face.device_of(model), out)
 
 
+def _epoch(face, model, step, data: datasets.Dataset, config: TrainConfig, channels: int, epoch: int,
+           progress: Progress) -> dict[str, Any]:
+    start = time.perf_counter()
+    losses, seen = [], 0
+    n = len(data.train_y)
+    total = (n + config.batch_size - 1) // config.batch_size
+    with progress.bar(epoch + 1, config.epochs, total) as tick:
+        for i, idx in enumerate(datasets.batches(n, config.batch_size, config.seed, epoch)):
+            loss = float(step(_images(data.train_x[idx], channels), data.train_y[idx]))
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"training diverged: the loss is {loss} at epoch {epoch + 1}, step {i + 1} "
+                                       f"(lr {config.lr}, momentum {config.momentum}); try a lower lr")
+            losses.append(loss)
+            seen += len(idx)
+            tick(float(np.mean(losses[-20:])), seen / (time.perf_counter() - start))
+    train_seconds = time.perf_counter() - start
+    val_loss, val_acc = evaluate(face, model, data.val_x, data.val_y, channels)
+    if not math.isfinite(val_loss):
+        raise TrainingDiverged(f"training diverged: the validation loss is {val_loss} after epoch {epoch + 1} "
+                               f"(lr {config.lr}, momentum {config.momentum}); try a lower lr")
+    return {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+            "val_accuracy": val_acc, "images_per_s": seen / train_seconds, "seconds": time.perf_counter() - start}
+
+
+def _finite(value: Any) -> Any:
+    """The report is strict JSON: a non-finite number (never expected: divergence stops the run) is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _report(config, name, backend, history, device, out: Path) -> dict[str, Any]:
-    return {"name": name, "backend": backend, "device": device, "config": asdict(config), "epochs": history,
-            "final": history[-1] if history else None, "out": str(out),
-            "checkpoint": str(out / "checkpoint.safetensors"), "metrics": str(out / "metrics.json"),
-            "plot": str(out / "curves.png")}
+    return _finite({"name": name, "backend": backend, "device": device, "config": asdict(config),
+                    "epochs": history, "final": history[-1] if history else None, "out": str(out),
+                    "checkpoint": str(out / "checkpoint.safetensors"), "metrics": str(out / "metrics.json"),
+                    "plot": str(out / "curves.png")})
 
 
 def _plot(history: list[dict[str, Any]], path: Path, title: str) -> None:

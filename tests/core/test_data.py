@@ -157,3 +157,86 @@ def test_digits_split_is_fixed():
     d1, d2 = data.digits(16), data.digits(16)
     assert d1.train_x.shape[1:] == (1, 16, 16) and len(d1.train_y) + len(d1.val_y) == 1797
     np.testing.assert_array_equal(d1.val_y, d2.val_y)
+
+
+# -- hostile IDX files (issue 14) ------------------------------------------------------------
+
+
+def unpacked_fashion(folder, arrays):
+    """The four files unpacked into ``folder`` (trusted as they are: no checksum for unpacked copies)."""
+    folder.mkdir(exist_ok=True)
+    for name, array in arrays.items():
+        (folder / name[:-3]).write_bytes(gzip.decompress(idx_bytes(array)))
+    return folder
+
+
+def test_idx_header_cut_short_is_one_line(tmp_path):
+    short = tmp_path / "train-images-idx3-ubyte"
+    short.write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x06\x00")  # 3 dimensions promised, 1.25 given
+    with pytest.raises(DataError, match="header cut short") as info:
+        read_idx(short)
+    assert str(short) in str(info.value) and "\n" not in str(info.value)
+    zero_dims = tmp_path / "zero"
+    zero_dims.write_bytes(b"\x00\x00\x08\x00abc")
+    with pytest.raises(DataError, match="no dimensions"):
+        read_idx(zero_dims)
+
+
+def test_idx_header_promising_more_than_int64_is_refused(tmp_path):
+    huge = tmp_path / "huge"
+    huge.write_bytes(struct.pack(">HBB", 0, 8, 4) + struct.pack(">4I", *[2**32 - 1] * 4) + b"abc")
+    with pytest.raises(DataError, match="promises"):
+        read_idx(huge)
+
+
+def test_damaged_gzip_is_one_line(tmp_path):
+    damaged = tmp_path / "x.gz"
+    blob = bytearray(idx_bytes(np.arange(600).reshape(6, 10, 10)))
+    blob[20:40] = b"\xff" * 20
+    damaged.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(damaged)
+
+
+def test_labels_outside_the_classes_are_refused(tiny_fashion, tmp_path):
+    arrays, _, digests = tiny_fashion
+    arrays = dict(arrays, **{"t10k-labels-idx1-ubyte.gz": np.array([1, 2, 12, 3])})
+    folder = unpacked_fashion(tmp_path / "local", arrays)
+    with pytest.raises(DataError, match="label 12 at index 2 is outside the 10 classes") as info:
+        fashion_mnist(resize_to=8, data_dir=folder, files=digests)
+    assert "t10k-labels-idx1-ubyte" in str(info.value)
+
+
+def test_image_and_label_counts_must_agree(tiny_fashion, tmp_path):
+    arrays, _, digests = tiny_fashion
+    arrays = dict(arrays, **{"train-labels-idx1-ubyte.gz": arrays["train-labels-idx1-ubyte.gz"][:5]})
+    folder = unpacked_fashion(tmp_path / "local", arrays)
+    with pytest.raises(DataError, match="holds 6 images but .* holds 5 labels"):
+        fashion_mnist(resize_to=8, data_dir=folder, files=digests)
+
+
+def test_images_of_the_wrong_rank_or_none_are_refused(tiny_fashion, tmp_path):
+    arrays, _, digests = tiny_fashion
+    flat = dict(arrays, **{"train-images-idx3-ubyte.gz": np.zeros(6)})
+    with pytest.raises(DataError, match=r"expected images \(count, height, width\)"):
+        fashion_mnist(resize_to=8, data_dir=unpacked_fashion(tmp_path / "a", flat), files=digests)
+    empty = dict(arrays, **{"train-images-idx3-ubyte.gz": np.zeros((0, 28, 28)),
+                            "train-labels-idx1-ubyte.gz": np.zeros(0)})
+    with pytest.raises(DataError, match="holds no images"):
+        fashion_mnist(resize_to=8, data_dir=unpacked_fashion(tmp_path / "b", empty), files=digests)
+
+
+def test_resize_in_blocks_equals_one_block(monkeypatch):
+    x = np.random.default_rng(0).random((7, 1, 8, 8), dtype=np.float32)
+    whole = resize(x, 20)
+    monkeypatch.setattr(data, "RESIZE_BLOCK_VALUES", 1)  # one image per block
+    np.testing.assert_array_equal(resize(x, 20), whole)
+
+
+def test_dataset_sizes_are_known_before_loading():
+    pytest.importorskip("sklearn")
+    digits = data.digits(8)
+    assert (len(digits.train_y), len(digits.val_y)) == (data.info("digits").train, data.info("digits").val)
+    assert data.info("fashion-mnist").nbytes(96) == 70_000 * 96 * 96 * 4
+    with pytest.raises(DataError, match="unknown dataset 'mnist'"):
+        data.info("mnist")
