@@ -7,13 +7,15 @@ Every command prints a readable table by default and one JSON object with
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from resnet_multi import faces
 from resnet_multi.arch import presets
-from resnet_multi.cli.formatting import format_compare, format_layer_table, format_list, format_parity
+from resnet_multi.arch.memory import check_model_fits
+from resnet_multi.cli import arguments as arg
+from resnet_multi.cli import formatting as fmt
 from resnet_multi.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -24,34 +26,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def input_shape_arg(text: str) -> tuple[int, int, int]:
-    parts = text.replace("x", ",").split(",")
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        dims = ()
-    if len(dims) != 3 or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"expected C,H,W with three positive integers, got {text!r}")
-    return dims  # type: ignore[return-value]
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def backend_arg(text: str) -> str:
-    try:
-        return faces.canonical_name(text)
-    except UserError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # -- commands ------------------------------------------------------------------------
@@ -74,11 +48,11 @@ def cmd_summary(args: argparse.Namespace) -> dict[str, Any]:
 
     spec = presets.resolve(args.model)
     shape = args.input_shape or spec.input_shape
-    if args.backend is None:
+    if args.backend is None:  # arithmetic only: any size is fine
         return layer_table(spec, shape).to_dict()
     from resnet_multi.run.measure import measured_table
 
-    table, info = measured_table(spec, args.backend, shape, device=args.device)
+    table, info = measured_table(spec, args.backend, shape, device=args.device, allow_large=args.allow_large)
     return {**table.to_dict(), "backend": info["backend"], "device": info["device"]}
 
 
@@ -86,23 +60,30 @@ def cmd_parity(args: argparse.Namespace) -> dict[str, Any]:
     from resnet_multi.numerics.parity import parity_report
 
     return parity_report(args.model, args.backend, args.input_shape, seed=args.seed, mode=args.mode,
-                         batch=args.batch_size, device=args.device)
+                         batch=args.batch_size, device=args.device, allow_large=args.allow_large)
 
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     from resnet_multi.run.compare import run_compare
     from resnet_multi.run.interpreters import parse_python_overrides
 
-    backends = [faces.canonical_name(b) for b in args.backends.split(",") if b]
+    python = parse_python_overrides(args.python)
+    if args.plot:  # before the run, not after it
+        from resnet_multi.cli.plot import check_plot_destination
+
+        check_plot_destination(args.plot)
     progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    report = run_compare(args.model, backends, args.input_shape, batch=args.batch_size, seed=args.seed,
+    report = run_compare(args.model, args.backends, args.input_shape, batch=args.batch_size, seed=args.seed,
                          device=args.device, precision=args.precision, repeats=args.repeats,
-                         train_steps=args.train_steps, python=parse_python_overrides(args.python),
-                         progress=progress)
+                         train_steps=args.train_steps, python=python, progress=progress,
+                         allow_large=args.allow_large)
     if args.plot:
         from resnet_multi.cli.plot import plot_compare
 
         report["plot"] = str(plot_compare(report, args.plot))
+    # The exit status is 1 then (report["ok"]); each failure is one line, --quiet or not.
+    for backend, why in report["failed"].items():
+        print(f"resnet-multi compare: {backend} failed: {why}", file=sys.stderr)
     return report
 
 
@@ -114,37 +95,38 @@ def cmd_convert(args: argparse.Namespace) -> dict[str, Any]:
                    python=parse_python_overrides(args.python))
 
 
-def format_convert(report: dict[str, Any]) -> str:
-    return (f"{report['source']} ({report['source_format']}) -> {report['destination']} "
-            f"({report['destination_format']}): {report['arch']}, {report['tensors']} tensors")
+def _check_run_folder(out: str) -> None:
+    """--out must be a folder or a path one can create as one: no file there or above it."""
+    path = Path(out)
+    for where in (path, *path.parents):
+        if where.exists():
+            if not where.is_dir():
+                raise UserError(f"--out {out}: {where} is a file, not a folder")
+            return
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from resnet_multi.training.loop import Progress, TrainConfig, train
 
+    if args.out:
+        _check_run_folder(args.out)
     config = TrainConfig(model=args.model, backend=args.backend, dataset=args.dataset, data_dir=args.data_dir,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                          resize=args.resize, seed=args.seed, device=args.device, precision=args.precision,
-                         out=args.out, resume=args.resume)
+                         out=args.out, resume=args.resume, allow_large=args.allow_large)
     return train(config, Progress(enabled=not args.quiet))
-
-
-def format_train(report: dict[str, Any]) -> str:
-    final = report["final"] or {}
-    return (f"{report['name']} on {report['backend']} ({report['device']}): {len(report['epochs'])} epochs, "
-            f"val accuracy {final.get('val_accuracy', float('nan')):.4f}, val loss "
-            f"{final.get('val_loss', float('nan')):.4f}\ncheckpoint {report['checkpoint']}\n"
-            f"metrics {report['metrics']}\nplot {report['plot']}")
 
 
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    spec = presets.resolve(args.model)
-    shape = args.input_shape or spec.input_shape
     from resnet_multi.arch.shapes import layer_table
 
+    spec = presets.resolve(args.model)
+    shape = args.input_shape or spec.input_shape
     layer_table(spec, shape)  # a bad shape is a clear error before any framework work
+    # Refuse what cannot fit in memory before anything is built (--allow-large skips it).
+    check_model_fits(spec, shape, args.batch_size, train=args.mode == "train", allow_large=args.allow_large)
     face = faces.backend(args.backend)
     model = face.build(spec, device=args.device)
     x = np.random.default_rng(0).standard_normal((args.batch_size, *shape)).astype(np.float32)
@@ -154,24 +136,14 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
             "framework_version": face.version(), "input_shape": list(shape), **result}
 
 
-def format_bench(report: dict[str, Any]) -> str:
-    mem = f", peak memory {report['peak_memory_mb']:.0f} MB" if report.get("peak_memory_mb") else ""
-    return (f"{report['name']} on {report['backend']} {report['framework_version']} ({report['device']}), "
-            f"{report['mode']}, batch {report['batch']}x{'x'.join(map(str, report['input_shape']))}, "
-            f"{report['precision']}\n"
-            f"median {report['median_s'] * 1e3:.1f} ms (min {report['min_s'] * 1e3:.1f}, max "
-            f"{report['max_s'] * 1e3:.1f}, {report['repeats']} repeats after {report['warmup']} warm-up): "
-            f"{report['images_per_s']:.1f} images/s{mem}\npractice: {report.get('practice', '')}")
-
-
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
-    "list": (cmd_list, format_list),
-    "summary": (cmd_summary, format_layer_table),
-    "parity": (cmd_parity, format_parity),
-    "compare": (cmd_compare, format_compare),
-    "convert": (cmd_convert, format_convert),
-    "train": (cmd_train, format_train),
-    "bench": (cmd_bench, format_bench),
+    "list": (cmd_list, fmt.format_list),
+    "summary": (cmd_summary, fmt.format_layer_table),
+    "parity": (cmd_parity, fmt.format_parity),
+    "compare": (cmd_compare, fmt.format_compare),
+    "convert": (cmd_convert, fmt.format_convert),
+    "train": (cmd_train, fmt.format_train),
+    "bench": (cmd_bench, fmt.format_bench),
 }
 
 
@@ -179,23 +151,32 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="NAME_OR_SPEC_FILE", help="a preset name or a .json/.toml spec file")
+    p.add_argument("model", type=arg.path_arg, metavar="NAME_OR_SPEC_FILE", help="a preset name or a .json/.toml spec file")
 
 
 def _add_backend(p: argparse.ArgumentParser, required: bool = True, help: str | None = None) -> None:
-    p.add_argument("--backend", type=backend_arg, required=required, metavar="NAME",
+    p.add_argument("--backend", type=arg.backend_arg, required=required, metavar="NAME",
                    help=help or f"one of {', '.join(faces.names())}")
 
 
 def _add_input_shape(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input-shape", type=input_shape_arg, metavar="C,H,W",
+    p.add_argument("--input-shape", type=arg.input_shape_arg, metavar="C,H,W",
                    help="input size (default: the preset's own, e.g. 1,96,96 for the book's nets, "
                         "3,32,32 CIFAR, 3,224,224 ImageNet)")
 
 
 def _add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
-    p.add_argument("--device", default=default, metavar="DEVICE",
+    p.add_argument("--device", type=arg.device_arg, default=default, metavar="DEVICE",
                    help=f"auto, cpu, gpu or gpu:N (default {default})")
+
+
+def _add_seed(p: argparse.ArgumentParser, help: str = "weights and input seed (default 0)") -> None:
+    p.add_argument("--seed", type=arg.seed_arg, default=0, help=help)
+
+
+def _add_allow_large(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-large", action="store_true",
+                   help="skip the check that the model, batch and input fit in this machine's memory")
 
 
 def _add_python(p: argparse.ArgumentParser) -> None:
@@ -222,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_shape(p)
     _add_backend(p, required=False, help=f"measure on a real model: {', '.join(faces.names())}")
     _add_device(p)
+    _add_allow_large(p)
 
     p = sub.add_parser("parity", parents=[with_json], help="one backend against the NumPy reference, layer by layer",
                        description="Run a backend and the NumPy float64 reference on the same seeded weights "
@@ -231,32 +213,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     _add_backend(p)
     _add_input_shape(p)
-    p.add_argument("--batch-size", type=positive_int, default=2, metavar="N", help="batch size (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="weights and input seed (default 0)")
+    p.add_argument("--batch-size", type=arg.positive_int, default=2, metavar="N", help="batch size (default 2)")
+    _add_seed(p)
     p.add_argument("--mode", choices=("eval", "train"), default="eval",
                    help="eval: running statistics; train: batch statistics and their update (default eval)")
     _add_device(p)
+    _add_allow_large(p)
 
     p = sub.add_parser("compare", parents=[with_json], help="every backend side by side, each in its own environment",
                        description="Run each backend in its own interpreter (MXNet and JAX cannot share one) on "
                                    "one seeded weights file and input; report layer shapes and params, parity "
                                    "with the NumPy reference, speed, and environments side by side. "
                                    "Interpreters: --python B=PATH, RESNET_MULTI_PYTHON_<B>, .nox/<B>/bin/python, "
-                                   "or this one.")
+                                   "or this one. Exits 1 when a backend fails (one line each on stderr).")
     _add_model(p)
-    p.add_argument("--backends", default=",".join(faces.names()), metavar="LIST",
+    p.add_argument("--backends", type=arg.backends_arg, default=faces.names(), metavar="LIST",
                    help=f"comma-separated (default {','.join(faces.names())})")
     _add_input_shape(p)
-    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="default 8")
-    p.add_argument("--seed", type=int, default=0, help="weights and input seed (default 0)")
+    p.add_argument("--batch-size", type=arg.positive_int, default=8, metavar="N", help="default 8")
+    _add_seed(p)
     _add_device(p, default="cpu")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="timing precision")
-    p.add_argument("--repeats", type=positive_int, default=5, metavar="N", help="timed repeats (default 5)")
-    p.add_argument("--train-steps", type=int, default=0, metavar="N",
+    p.add_argument("--repeats", type=arg.positive_int, default=5, metavar="N", help="timed repeats (default 5)")
+    p.add_argument("--train-steps", type=arg.nonnegative_int, default=0, metavar="N",
                    help="also show the loss of the first N plain-SGD steps per backend")
     _add_python(p)
-    p.add_argument("--plot", metavar="FILE.png", help="write a chart: speed per backend, parity per layer")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--plot", type=arg.path_arg, metavar="FILE.png", help="write a chart: speed per backend, parity per layer")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (failures still are)")
+    _add_allow_large(p)
 
     from resnet_multi.run.convert import FORMATS
 
@@ -266,9 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "or the model zoo). A file that does not fit the architecture is refused "
                                    "whole. Steps whose framework is not installed here run in that backend's "
                                    "environment.")
-    p.add_argument("src", metavar="SRC")
-    p.add_argument("dst", metavar="DST")
-    p.add_argument("--arch", metavar="NAME_OR_SPEC_FILE",
+    p.add_argument("src", type=arg.path_arg, metavar="SRC")
+    p.add_argument("dst", type=arg.path_arg, metavar="DST")
+    p.add_argument("--arch", type=arg.path_arg, metavar="NAME_OR_SPEC_FILE",
                    help="the architecture (optional when SRC is a canonical file that names it)")
     p.add_argument("--from", dest="src_format", choices=list(FORMATS), help="SRC's format (default: from its name)")
     p.add_argument("--to", dest="dst_format", choices=list(FORMATS), help="DST's format (default: from its name)")
@@ -282,13 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     _add_backend(p)
     p.add_argument("--mode", choices=("infer", "train"), default="infer")
-    p.add_argument("--batch-size", type=positive_int, default=16, metavar="N")
+    p.add_argument("--batch-size", type=arg.positive_int, default=16, metavar="N")
     _add_input_shape(p)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     _add_device(p)
-    p.add_argument("--repeats", type=positive_int, default=5, metavar="N")
-    p.add_argument("--warmup", type=positive_int, default=2, metavar="N")
+    p.add_argument("--repeats", type=arg.positive_int, default=5, metavar="N")
+    p.add_argument("--warmup", type=arg.nonnegative_int, default=2, metavar="N")
     p.add_argument("--compile", action="store_true", help="torch.compile (torch; others compile anyway)")
+    _add_allow_large(p)
 
     p = sub.add_parser("train", parents=[with_json], help="train in one backend (the book's recipe by default)",
                        description="Train a preset or spec in one backend: the book's defaults (Fashion-MNIST "
@@ -299,40 +284,71 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend(p)
     p.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "digits"),
                    help="fashion-mnist (downloaded and checked, or --data-dir) or digits (embedded, no network)")
-    p.add_argument("--data-dir", metavar="DIR", help="folder with the Fashion-MNIST IDX .gz files")
-    p.add_argument("--epochs", type=positive_int, default=10)
-    p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.0)
-    p.add_argument("--resize", type=positive_int, default=96, help="image side (default 96, the book's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", type=arg.path_arg, metavar="DIR", help="folder with the Fashion-MNIST IDX .gz files")
+    p.add_argument("--epochs", type=arg.positive_int, default=10)
+    p.add_argument("--batch-size", type=arg.positive_int, default=128)
+    p.add_argument("--lr", type=arg.learning_rate_arg, default=0.01, help="learning rate > 0 (default 0.01)")
+    p.add_argument("--momentum", type=arg.momentum_arg, default=0.0, help="SGD momentum in [0, 1) (default 0)")
+    p.add_argument("--resize", type=arg.positive_int, default=96, help="image side (default 96, the book's)")
+    _add_seed(p, help="weights and shuffling seed (default 0)")
     _add_device(p)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    p.add_argument("--out", metavar="DIR", help="run folder (default runs/NAME-BACKEND)")
+    p.add_argument("--out", type=arg.path_arg, metavar="DIR", help="run folder (default runs/NAME-BACKEND)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _add_allow_large(p)
     return parser
 
 
+def _one_line(text: str) -> str:
+    return (str(text).strip().splitlines() or ["(no message)"])[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the exit status: 0 done, 1 a check failed, 2 a user error, 130 interrupted.
+
+    The one place that turns user errors into one line on stderr: every
+    UserError, and an OSError about a file (the user named it, or its folder:
+    permission denied, no space left, read-only file system). Anything else is
+    a bug and keeps its traceback.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
-    run, fmt = COMMANDS[args.command]
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error (already one line)
+        return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
+    run, render = COMMANDS[args.command]
     try:
         report = run(args)
     except UserError as exc:
-        print(f"resnet-multi {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _fail(args.command, _one_line(str(exc)))
+    except OSError as exc:
+        if exc.filename is None:  # not about a file: a bug, or the system's own trouble
+            raise
+        names = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+        return _fail(args.command, f"{names}: {exc.strerror or type(exc).__name__}")
     except KeyboardInterrupt:
         print(f"resnet-multi {args.command}: interrupted", file=sys.stderr)
         return 130
+    text = fmt.strict_json(report) if args.json else fmt.with_notes(render(report), report)
     try:
-        print(json.dumps(report, indent=2) if args.json else fmt(report))
+        print(_printable(text, sys.stdout))
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. piped into `head`
         sys.stderr.close()
-    # A check that ran but failed (parity outside tolerance) exits 1.
+    # A check that ran but failed (parity outside tolerance, a backend of compare) exits 1.
     return 0 if report.get("ok", True) else 1
+
+
+def _fail(command: str, message: str) -> int:
+    print(_printable(f"resnet-multi {command}: error: {message}", sys.stderr), file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def _printable(text: str, stream) -> str:
+    # A name from the command line that is not valid in the terminal's encoding (surrogate-escaped bytes): \x.. form.
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)
 
 
 if __name__ == "__main__":

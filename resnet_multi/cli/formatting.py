@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any, Sequence
+
+
+def strict_json(report: Any) -> str:
+    """The report as valid JSON: a non-finite number (a diverged loss, an empty maximum) becomes null."""
+    return json.dumps(_finite(report), indent=2, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def with_notes(text: str, report: dict[str, Any]) -> str:
+    """A readable report followed by its ``notes`` (what a command did that the table does not show)."""
+    notes = report.get("notes") or []
+    return "\n".join([text] + [f"note: {n}" for n in notes])
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[bool]) -> str:
@@ -31,7 +54,6 @@ def format_layer_table(report: dict[str, Any]) -> str:
     table = render_table(("layer", "output (C,H,W)", "params", "buffers", "MACs"), rows,
                        (False, False, True, True, True))
     return f"{title}\n{table}"
-
 
 
 def format_list(report: dict[str, Any]) -> str:
@@ -72,8 +94,10 @@ def _cell(res: dict[str, Any], row: dict[str, Any], want: dict[str, Any]) -> str
 
 
 def _ms(timing: dict[str, Any] | None) -> str:
-    if not timing or "error" in timing:
+    if not timing:
         return "-"
+    if "error" in timing:
+        return "failed"
     return f"{timing['median_s'] * 1e3:.1f} ms ({timing['images_per_s']:.0f} img/s)"
 
 
@@ -98,7 +122,7 @@ def format_compare(report: dict[str, Any]) -> str:
     for n in names:
         r = report["backends"][n]
         if "error" in r:
-            prows.append([n, "unavailable", r["error"], "", ""])
+            prows.append([n, "failed", r["error"], "", ""])
             continue
         p = r["parity"]
         prows.append([n, "ok" if p["ok"] else "FAIL", _num(p["max_abs_diff"]), _num(p["tolerance"]),
@@ -116,15 +140,39 @@ def format_compare(report: dict[str, Any]) -> str:
     erows = [[n, r["environment"]["framework_version"], r["environment"]["device"], r.get("python", "")]
              for n, r in ok.items()]
     out += ["", "Environments", render_table(["backend", "framework", "device", "interpreter"], erows, [False] * 4)]
-    if any("train" in r for r in ok.values()):
+    if any("losses" in r.get("train", {}) for r in ok.values()):
         out += ["", format_trajectories(report)]
     return "\n".join(out)
 
 
 def format_trajectories(report: dict[str, Any]) -> str:
-    ok = {n: r["train"] for n, r in report["backends"].items() if "train" in r and "error" not in r}
+    ok = {n: r["train"] for n, r in report["backends"].items()
+          if "error" not in r and "losses" in r.get("train", {})}
     steps = max(len(t["losses"]) for t in ok.values())
     rows = [[str(i + 1)] + [f"{t['losses'][i]:.6f}" if i < len(t["losses"]) else "-" for t in ok.values()]
             for i in range(steps)]
     return "Training losses, plain SGD from the same weights and batches\n" + render_table(
         ["step"] + list(ok), rows, [True] * (1 + len(ok)))
+
+
+def format_convert(report: dict[str, Any]) -> str:
+    return (f"{report['source']} ({report['source_format']}) -> {report['destination']} "
+            f"({report['destination_format']}): {report['arch']}, {report['tensors']} tensors")
+
+
+def format_train(report: dict[str, Any]) -> str:
+    final = report["final"] or {}
+    return (f"{report['name']} on {report['backend']} ({report['device']}): {len(report['epochs'])} epochs, "
+            f"val accuracy {final.get('val_accuracy', float('nan')):.4f}, val loss "
+            f"{final.get('val_loss', float('nan')):.4f}\ncheckpoint {report['checkpoint']}\n"
+            f"metrics {report['metrics']}\nplot {report['plot']}")
+
+
+def format_bench(report: dict[str, Any]) -> str:
+    mem = f", peak memory {report['peak_memory_mb']:.0f} MB" if report.get("peak_memory_mb") else ""
+    return (f"{report['name']} on {report['backend']} {report['framework_version']} ({report['device']}), "
+            f"{report['mode']}, batch {report['batch']}x{'x'.join(map(str, report['input_shape']))}, "
+            f"{report['precision']}\n"
+            f"median {report['median_s'] * 1e3:.1f} ms (min {report['min_s'] * 1e3:.1f}, max "
+            f"{report['max_s'] * 1e3:.1f}, {report['repeats']} repeats after {report['warmup']} warm-up): "
+            f"{report['images_per_s']:.1f} images/s{mem}\npractice: {report.get('practice', '')}")

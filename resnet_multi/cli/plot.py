@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_multi.errors import UserError
-from resnet_multi.files import atomic_write
+from resnet_multi.files import atomic_write, check_destination
 
 
 def _pyplot():
@@ -18,6 +18,19 @@ def _pyplot():
     except ImportError:
         raise UserError('plots need matplotlib: pip install "resnet-multi[plot]"') from None
     return plt
+
+
+def check_plot_destination(path: str | Path) -> Path:
+    """Before a long run: the plot's folder exists, it is not a folder itself, matplotlib is here and knows the format."""
+    path = check_destination(path)
+    _pyplot()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if (path.suffix[1:] or "png").lower() not in kinds:
+        raise UserError(f"{path}: matplotlib cannot write {path.suffix!r} files; use one of "
+                        f"{', '.join('.' + k for k in sorted(kinds))}")
+    return path
 
 
 def plot_compare(report: dict[str, Any], path: str | Path) -> Path:

@@ -46,21 +46,25 @@ def logits_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def parity_report(spec: ResNetSpec | str, backend: str, input_shape=None, seed: int = 0, mode: str = "eval",
-                  batch: int = 2, device: str = "auto") -> dict[str, Any]:
+                  batch: int = 2, device: str = "auto", allow_large: bool = False) -> dict[str, Any]:
     """Run the backend and the reference on the same seeded weights and input.
 
     Weights are the spec's seeded init with random BN statistics and affine
     parameters (so that no BN is an identity). In train mode the running
-    statistics each side computed are compared too.
+    statistics each side computed are compared too. What cannot fit in memory
+    is refused (TooLarge) before anything is allocated, unless ``allow_large``.
     """
     if mode not in ("eval", "train"):
         raise ValueError(f"mode must be eval or train, got {mode!r}")
     spec = resolve(spec)
     input_shape = tuple(input_shape or spec.input_shape)
+    from resnet_multi.arch.memory import check_model_fits
     from resnet_multi.arch.shapes import layer_table
 
     layer_table(spec, input_shape)  # a clear error for a bad input before any framework work
+    check_model_fits(spec, input_shape, batch, allow_large=allow_large)  # forward passes only
     face = faces.backend(backend)
+    face.module("model")  # a missing framework is its one-line error before anything is allocated
     state = init_weights(spec, seed, perturb_bn=True)
     x = seeded_input(input_shape, batch, seed)
     model = face.build(spec, device=device, state=state)

@@ -8,7 +8,7 @@ committed, and each backend's CI session checks itself against it.
 Regenerate the golden file (after a deliberate change of the spec, the
 init, the data or the step):
 
-    .nox/torch/bin/python -m resnet_multi.training_parity --backend torch \\
+    .nox/torch/bin/python -m resnet_multi.numerics.training_parity --backend torch \\
         --write tests/golden/train_trajectory.json
 """
 
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from resnet_multi import faces
+from resnet_multi.arch.plan import plan
 from resnet_multi.arch.presets import resolve
 from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.files import atomic_write
@@ -37,7 +38,17 @@ RTOL = 1e-4
 STRICT_STEPS = 4
 LOOSE = 2e-3
 UPDATE_RTOL = 5e-3  # measured: within 1.5e-3 in all four
-FINGERPRINTED = ("conv1.weight", "layer4.1.conv2.weight", "fc.weight")
+
+
+def fingerprinted(spec: ResNetSpec) -> tuple[str, ...]:
+    """The tensors whose update size is fingerprinted: the stem conv, the last block's last conv, the classifier.
+
+    Taken from the plan, so every net has them (the golden net's are conv1,
+    layer4.1.conv2 and fc, the keys of tests/golden/train_trajectory.json).
+    """
+    p = plan(spec)
+    last = p.blocks[-1].convs[-1] if p.blocks else p.stem.conv
+    return tuple(dict.fromkeys(f"{m.name}.weight" for m in (p.stem.conv, last, p.head.fc)))
 
 
 def step_batch(input_shape, batch: int, num_classes: int, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +82,7 @@ def backend_trajectory(backend: str, spec: ResNetSpec | str, state: dict[str, np
     # How far training moved each tensor (L2 norm of the update): a sum of the
     # weights themselves cancels, and round-off flips its last digits.
     fingerprint = {k: float(np.linalg.norm(np.asarray(after[k], np.float64) - np.asarray(start[k], np.float64)))
-                   for k in FINGERPRINTED}
+                   for k in fingerprinted(spec)}
     return {"backend": backend, "losses": losses, "fingerprint": fingerprint, "lr": lr, "batch": batch,
             "input_shape": list(input_shape), "steps": steps, "seed": seed}
 
@@ -95,7 +106,8 @@ def compare_to_golden(result: dict[str, Any], golden: dict[str, Any]) -> list[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resnet_multi.training_parity", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m resnet_multi.numerics.training_parity",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", required=True)
     parser.add_argument("--write", metavar="FILE.json", help="write the trajectory as the golden file")
     args = parser.parse_args(argv)

@@ -13,6 +13,7 @@ backend's own interpreter. First match wins:
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,10 +30,10 @@ def project_root() -> Path:
 def find_python(backend: str, overrides: dict[str, str]) -> tuple[str | None, str]:
     """The interpreter for a backend and where that choice came from (or None and what to do)."""
     if backend in overrides:
-        return overrides[backend], "--python"
+        return _usable(overrides[backend], "--python", f"--python {backend}=")
     var = f"RESNET_MULTI_PYTHON_{backend.upper()}"
     if os.environ.get(var):
-        return os.environ[var], var
+        return _usable(os.environ[var], var, f"{var}=")
     nox_python = project_root() / ".nox" / backend / "bin" / "python"
     if nox_python.exists():
         return str(nox_python), "nox"
@@ -42,6 +43,20 @@ def find_python(backend: str, overrides: dict[str, str]) -> tuple[str | None, st
                   f"or pass --python {backend}=PATH")
 
 
+def _usable(path: str, source: str, shown: str) -> tuple[str | None, str]:
+    """``(path, source)`` when ``path`` can be started, else ``(None, why not)``: checked before any process starts."""
+    # A bare name (python3) is looked up on PATH, as subprocess would.
+    found = shutil.which(path) if os.sep not in path else path
+    where = f"{shown}{path}"
+    if found is None or not os.path.exists(found):
+        return None, f"interpreter {where} does not exist"
+    if os.path.isdir(found):
+        return None, f"interpreter {where} is a directory, not a Python executable"
+    if not os.access(found, os.X_OK):
+        return None, f"interpreter {where} is not executable"
+    return found, source
+
+
 def parse_python_overrides(items: list[str]) -> dict[str, str]:
     """['torch=/venv/bin/python', ...] -> {'torch': '/venv/bin/python'}."""
     out = {}
@@ -49,6 +64,8 @@ def parse_python_overrides(items: list[str]) -> dict[str, str]:
         if "=" not in item:
             raise UserError(f"--python expects BACKEND=PATH, got {item!r}")
         name, path = item.split("=", 1)
+        if not path:
+            raise UserError(f"--python expects BACKEND=PATH, got {item!r} (no path)")
         out[faces.canonical_name(name)] = path
     return out
 

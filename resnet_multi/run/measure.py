@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from resnet_multi import faces
+from resnet_multi.arch.memory import check_model_fits
 from resnet_multi.arch.presets import resolve
 from resnet_multi.arch.shapes import LayerRow, LayerTable, layer_table
 from resnet_multi.arch.spec import ResNetSpec
@@ -19,17 +20,19 @@ def _chw(activation: np.ndarray) -> tuple[int, int, int]:
 
 
 def measured_table(spec: ResNetSpec | str, backend: str, input_shape=None, device: str = "auto",
-                   batch: int = 2, seed: int = 0) -> tuple[LayerTable, dict[str, Any]]:
+                   batch: int = 2, seed: int = 0, allow_large: bool = False) -> tuple[LayerTable, dict[str, Any]]:
     """Build the native model, run a real forward pass, and tabulate what it did.
 
     Shapes come from the activations the framework computed; params and
     buffers are counted from the framework's own variables. MACs are the
     analytic ones (frameworks do not count them). Returns the table and
-    ``{"backend", "device", "framework_version"}``.
+    ``{"backend", "device", "framework_version"}``. What cannot fit in memory
+    is refused (TooLarge) before the model is built, unless ``allow_large``.
     """
     spec = resolve(spec)
     input_shape = tuple(input_shape or spec.input_shape)
     expected = layer_table(spec, input_shape)  # raises InputTooSmall before anything is built
+    check_model_fits(spec, input_shape, batch, allow_large=allow_large)
     face = faces.backend(backend)
     model = face.build(spec, device=device)
     x = np.random.default_rng(seed).standard_normal((batch, *input_shape)).astype(np.float32)

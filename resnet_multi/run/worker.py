@@ -12,6 +12,7 @@ import argparse
 import json
 import platform
 import sys
+import traceback
 from typing import Any
 
 import numpy as np
@@ -50,8 +51,18 @@ def run(backend: str, request: dict[str, Any]) -> dict[str, Any]:
     }
     result["timing"] = _timings(face, model, x, request)
     if request.get("train_steps"):
-        result["train"] = _train(backend, spec, state, x, request)
+        try:
+            result["train"] = _train(backend, spec, state, x, request)
+        except Exception as exc:  # the column says why; parity and speed above are kept
+            result["train"] = {"error": _reason(exc)}
     return result
+
+
+def _reason(exc: Exception) -> str:
+    """One line for the report; the whole traceback goes to stderr (compare shows stderr when a worker dies)."""
+    traceback.print_exc(file=sys.stderr)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"[:300]
 
 
 def _timings(face: faces.BackendFace, model, x: np.ndarray, request: dict[str, Any]) -> dict[str, Any]:
@@ -61,7 +72,7 @@ def _timings(face: faces.BackendFace, model, x: np.ndarray, request: dict[str, A
             out[mode] = face.benchmark(model, x, mode=mode, precision=request["precision"],
                                        repeats=request["repeats"])
         except Exception as exc:  # report in the column, keep the rest of the report
-            out[mode] = {"error": f"{type(exc).__name__}: {exc}"}
+            out[mode] = {"error": _reason(exc)}
     return out
 
 

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 import resnet_multi
+from resnet_multi import faces
 from resnet_multi.arch.shapes import layer_table
 from resnet_multi.numerics.parity import seeded_input
 from resnet_multi.weights.canonical import init_weights, save_state
@@ -54,3 +55,21 @@ def test_save_and_load_weights_through_the_canonical_file(backend, face, tmp_pat
 
     back = load_state(tmp_path / "out.safetensors", spec)
     assert all(np.array_equal(back[k], state[k]) for k in state)
+
+
+def test_compare_trains_a_cifar_net_and_a_failed_backend_exits_1(backend, face, tmp_path):
+    # issue 14: --train-steps on a net without layer4 (the fingerprint came from the plan), and a second
+    # backend whose interpreter is missing: exit 1, one line for it, this backend's results all kept.
+    other = next(b for b in faces.names() if b != backend)
+    out = cli("compare", "resnet20", "--backends", f"{backend},{other}", "--input-shape", "3,16,16",
+              "--train-steps", "3", "--repeats", "1", "--batch-size", "4", "--python", f"{backend}={sys.executable}",
+              "--python", f"{other}={tmp_path / 'missing'}", "--json", "--quiet")
+    assert out.returncode == 1, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    column = report["backends"][backend]
+    assert "error" not in column and column["parity"]["ok"] and column["timing"]["train"]["median_s"] > 0
+    losses = column["train"]["losses"]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert set(column["train"]["fingerprint"]) == {"conv1.weight", "layer3.2.conv2.weight", "fc.weight"}
+    assert list(report["failed"]) == [other] and "does not exist" in report["failed"][other]
+    assert out.stderr.splitlines() == [f"resnet-multi compare: {other} failed: {report['failed'][other]}"]

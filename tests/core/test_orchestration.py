@@ -24,24 +24,57 @@ def test_compare_reports_a_missing_environment_in_its_column(tmp_path):
     assert "does not exist" in report["backends"]["torch"]["error"]
     assert report["analytic"]["total_params"] == 272_474
     assert report["agreement"]["torch"] == {"shapes": None, "parity": None}
+    assert not report["ok"] and set(report["failed"]) == {"torch", "mxnet"}
+
+
+def compare_cli(*args):
+    return subprocess.run([sys.executable, "-m", "resnet_multi", "compare", "resnet20", "--input-shape", "3,16,16",
+                           *args], capture_output=True, text=True, timeout=120)
 
 
 def test_compare_cli_json_with_a_broken_interpreter(tmp_path):
+    # issue 14, item 2: a failed backend exits 1 and says why in one line, --quiet or not; --json is whole.
     broken = tmp_path / "python"
     broken.write_text("#!/bin/sh\necho 'boom: no framework' >&2\nexit 3\n")
     broken.chmod(0o755)
-    out = subprocess.run([sys.executable, "-m", "resnet_multi", "compare", "resnet20", "--backends", "flax",
-                          "--input-shape", "3,16,16", "--python", f"flax={broken}", "--json", "--quiet"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    column = json.loads(out.stdout)["backends"]["flax"]
+    out = compare_cli("--backends", "flax", "--python", f"flax={broken}", "--json", "--quiet")
+    assert out.returncode == 1, out.stderr
+    report = json.loads(out.stdout)
+    column = report["backends"]["flax"]
     assert column["error"].startswith("exit 3") and "boom" in column["error"]
+    assert report["ok"] is False and report["failed"] == {"flax": column["error"]}
+    assert out.stderr.splitlines() == [f"resnet-multi compare: flax failed: {column['error']}"]
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_compare_every_failed_backend_is_one_line_and_exit_1(tmp_path, quiet):
+    # A missing interpreter and a directory given as one: each backend fails with its reason (issue 14, item 7).
+    out = compare_cli("--backends", "torch,mxnet", "--python", f"torch={tmp_path / 'gone'}",
+                      "--python", f"mxnet={tmp_path}", *(["--quiet"] if quiet else []))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    failures = [ln for ln in out.stderr.splitlines() if ln.startswith("resnet-multi compare:")]
+    assert len(failures) == 2, out.stderr
+    assert "torch failed" in failures[0] and "does not exist" in failures[0]
+    assert "mxnet failed" in failures[1] and "is a directory" in failures[1]
+    assert len(out.stderr.splitlines()) == (2 if quiet else 6)  # progress: starting + FAILED per backend
+    assert "Parity" in out.stdout  # the readable report is still printed
+
+
+def test_python_override_naming_a_directory_is_one_line_for_convert(tmp_path):
+    spec = presets.get("resnet20")
+    src = save_state(init_weights(spec, 0), tmp_path / "a.safetensors", spec)
+    out = subprocess.run([sys.executable, "-m", "resnet_multi", "convert", str(src), str(tmp_path / "b.pth"),
+                          "--python", f"torch={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
+    assert "is a directory" in out.stderr and not (tmp_path / "b.pth").exists()
 
 
 def test_python_overrides_are_checked():
     assert parse_python_overrides(["jax=/x/python"]) == {"flax": "/x/python"}
     with pytest.raises(UserError):
         parse_python_overrides(["torch"])
+    with pytest.raises(UserError, match="no path"):
+        parse_python_overrides(["torch="])
 
 
 def test_canonical_to_canonical_and_refusal(tmp_path):
