@@ -19,6 +19,8 @@ from resnet_multi.errors import UserError
 
 def check_destination(path: str | Path) -> Path:
     """The destination as a Path, or a one-line UserError: its folder is missing, or it is a folder itself."""
+    if "\x00" in str(path):  # the OS refuses it with a ValueError, not an OSError
+        raise UserError(f"{str(path)!r}: a file name cannot contain a NUL character")
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory, not a file name")

@@ -43,3 +43,9 @@ def test_missing_folder_and_directory_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="is a directory"):
         atomic_write(tmp_path / "d", "x")
     assert [p.name for p in tmp_path.iterdir()] == ["d"] and not any((tmp_path / "d").iterdir())
+
+
+def test_a_nul_in_the_name_is_a_one_line_error(tmp_path):
+    with pytest.raises(UserError, match="NUL"):
+        atomic_write(str(tmp_path / "a\x00b"), "x")
+    assert not any(tmp_path.iterdir())
