@@ -18,9 +18,13 @@ with the same files (docs/backends.md):
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
+import re
+import sys
+import tempfile
 from types import ModuleType
 from typing import Any, Mapping
 
@@ -202,16 +206,72 @@ def available() -> list[str]:
     return found
 
 
+# absl's C++ log lines: "I0000 00:00:1796157769.965474   23585 port.cc:153] ..." (severity I, W, E, F).
+_LOG_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d\d")
+_ABSL_BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_import():
+    """Hide TensorFlow's import-time log lines below TF_CPP_MIN_LOG_LEVEL, so an error stays one line.
+
+    TensorFlow logs "oneDNN custom operations are on" and absl's banner before
+    its log level applies (absl is not initialised yet), from C++, straight to
+    file descriptor 2. So fd 2 is caught in a file while tensorflow imports and
+    replayed afterwards without the lines the level hides; anything else
+    (errors, Python warnings, a failed import's own output) still shows.
+    """
+    setting = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
+    level = int(setting) if setting.isdigit() else 0
+    hidden = {"I": level >= 1, "W": level >= 2, "E": level >= 3, "F": False}
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, AttributeError, ValueError):  # no fd 2 to catch (stderr closed or replaced): import as is
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept, skipping = [], False
+            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
+                match = _LOG_LINE.match(line)
+                if match or line.startswith(_ABSL_BANNER):
+                    skipping = hidden[match.group(1)] if match else level >= 1
+                if not skipping:  # a hidden log line's continuation lines go with it
+                    kept.append(line)
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 def _load(key: str, part: str) -> ModuleType:
+    quiet: contextlib.AbstractContextManager = contextlib.nullcontext()
     if key == "tensorflow":
         # Keras 3 picks its backend at first import: ours is TensorFlow unless the user chose.
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    for module in BACKENDS[key][0]:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise BackendUnavailable(
-                f"backend {key!r} needs {module}, which is not installed here ({exc.__class__.__name__}: {exc}); "
-                f"install it with: {install_hint(key)}"
-            ) from None
+        # TensorFlow's C++ INFO and WARNING lines would make every one-line error several; a user's own
+        # setting wins.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        if "tensorflow" not in sys.modules:
+            quiet = _quiet_tensorflow_import()
+    with quiet:
+        for module in BACKENDS[key][0]:
+            _import(key, module)
     return importlib.import_module(f"resnet_multi.backends.{key}.{part}")
+
+
+def _import(key: str, module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"backend {key!r} needs {module}, which is not installed here ({exc.__class__.__name__}: {exc}); "
+            f"install it with: {install_hint(key)}"
+        ) from None

@@ -44,7 +44,8 @@ def get(name: str) -> ResNetSpec:
     except KeyError:
         close = difflib.get_close_matches(name, names(), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see 'resnet-multi list'"
-        raise UnknownPreset(f"unknown preset {name!r}{hint}") from None
+        shown = repr(name) if len(name) <= 80 else repr(name[:80]) + "..."
+        raise UnknownPreset(f"unknown preset {shown}{hint}") from None
     return factory()
 
 
@@ -53,9 +54,16 @@ def resolve(name_or_path: str | Path | ResNetSpec) -> ResNetSpec:
     if isinstance(name_or_path, ResNetSpec):
         return name_or_path
     text = str(name_or_path)
-    if text.endswith((".json", ".toml")) or Path(text).is_file():
+    if text.endswith((".json", ".toml")) or _is_file(text):
         return load_spec(text)
     return get(text)
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a name too long for a path, or one with a NUL: not a file
+        return False
 
 
 # -- family helpers -------------------------------------------------------------

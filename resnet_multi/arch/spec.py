@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,7 +37,16 @@ INITS = ("kaiming_fan_out", "xavier_uniform")
 # Convs that may carry a bias, named by role. 'conv3' exists in bottlenecks only.
 BIAS_ROLES = ("stem", "conv1", "conv2", "conv3", "shortcut")
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")  # fullmatch: '$' would let a final newline through
+
+# Values quoted in errors: short and on one line, however long or deep the value a file gave.
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlevel = 3
+
+
+def _shown(value: Any) -> str:
+    return _REPR.repr(value)
 
 
 def _fail(path: str, message: str) -> None:
@@ -45,17 +55,17 @@ def _fail(path: str, message: str) -> None:
 
 def _check_int(path: str, value: Any, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(path, f"must be an integer >= {minimum}, got {value!r}")
+        _fail(path, f"must be an integer >= {minimum}, got {_shown(value)}")
 
 
 def _check_choice(path: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        _fail(path, f"must be one of {', '.join(choices)}; got {value!r}")
+        _fail(path, f"must be one of {', '.join(choices)}; got {_shown(value)}")
 
 
 def _check_bool(path: str, value: Any) -> None:
     if not isinstance(value, bool):
-        _fail(path, f"must be true or false, got {value!r}")
+        _fail(path, f"must be true or false, got {_shown(value)}")
 
 
 @dataclass(frozen=True)
@@ -130,11 +140,11 @@ class BatchNorm:
         for name in ("eps", "momentum"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                _fail(f"bn.{name}", f"must be a finite number, got {value!r}")
+                _fail(f"bn.{name}", f"must be a finite number, got {_shown(value)}")
         if not self.eps > 0:
-            _fail("bn.eps", f"must be > 0, got {self.eps!r}")
+            _fail("bn.eps", f"must be > 0, got {_shown(self.eps)}")
         if not 0 <= self.momentum <= 1:
-            _fail("bn.momentum", f"must be in [0, 1] (PyTorch convention), got {self.momentum!r}")
+            _fail("bn.momentum", f"must be in [0, 1] (PyTorch convention), got {_shown(self.momentum)}")
         _check_choice("bn.running_var", self.running_var, RUNNING_VARS)
 
 
@@ -184,8 +194,8 @@ class ResNetSpec:
         self._validate()
 
     def _validate(self) -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
-            _fail("name", f"must be a non-empty name of letters, digits, '_', '.', '-'; got {self.name!r}")
+        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
+            _fail("name", f"must be a non-empty name of letters, digits, '_', '.', '-'; got {_shown(self.name)}")
         _check_int("in_channels", self.in_channels)
         _check_int("num_classes", self.num_classes)
         _check_int("image_size", self.image_size)
@@ -259,9 +269,10 @@ def _fields(kind: type) -> set[str]:
 def _build(kind: type, path: str, data: Any) -> Any:
     if not isinstance(data, Mapping):
         _fail(path, f"must be a table/object, got {type(data).__name__}")
-    unknown = sorted(set(data) - _fields(kind))
+    unknown = sorted(str(k) for k in set(data) - _fields(kind))
     if unknown:
-        _fail(f"{path}.{unknown[0]}" if path else unknown[0], f"unknown field (known: {', '.join(sorted(_fields(kind)))})")
+        name = unknown[0] if unknown[0].isidentifier() else _shown(unknown[0])  # a key may hold any text
+        _fail(f"{path}.{name}" if path else name, f"unknown field (known: {', '.join(sorted(_fields(kind)))})")
     try:
         return kind(**data)
     except TypeError as exc:  # a required field is missing
@@ -293,7 +304,7 @@ def spec_from_dict(data: Mapping[str, Any]) -> ResNetSpec:
         for role in bias:
             _check_choice("conv_bias", role, BIAS_ROLES)
     else:
-        _fail("conv_bias", f"must be a list of roles, 'none' or 'all'; got {bias!r}")
+        _fail("conv_bias", f"must be a list of roles, 'none' or 'all'; got {_shown(bias)}")
     return _build(ResNetSpec, "", data)
 
 
@@ -338,9 +349,13 @@ def load_spec(path: str | Path) -> ResNetSpec:
     """Read and validate a .json or .toml spec file; errors name the file and the field."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise SpecError(f"{path}: cannot read spec file ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start}); spec files are UTF-8 JSON or TOML") from None
     try:
         if path.suffix == ".toml":
             try:
@@ -356,4 +371,7 @@ def load_spec(path: str | Path) -> ResNetSpec:
     except SpecError as exc:
         raise SpecError(f"{path}: {exc}") from None
     except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise SpecError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise SpecError(f"{path}: not valid {path.suffix[1:].upper()}: {first}") from None
+    except RecursionError:  # both parsers recurse per level of nesting
+        raise SpecError(f"{path}: not a spec: nested too deeply") from None

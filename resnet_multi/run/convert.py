@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,8 +32,9 @@ from resnet_multi import faces
 from resnet_multi.arch.presets import resolve
 from resnet_multi.arch.spec import ResNetSpec, spec_from_dict
 from resnet_multi.errors import UserError
+from resnet_multi.files import check_destination
 from resnet_multi.run.interpreters import child_env, find_python
-from resnet_multi.weights.canonical import expected_shapes, file_spec, load_state, save_state
+from resnet_multi.weights.canonical import expected_shapes, file_metadata, file_spec, load_state, save_state
 
 # format -> backend that reads and writes it (None: the core)
 FORMATS: dict[str, str | None] = {
@@ -66,32 +68,48 @@ def _check_format(fmt: str) -> str:
 
 def convert(src: str | Path, dst: str | Path, arch: str | ResNetSpec | None = None, src_format: str | None = None,
             dst_format: str | None = None, python: dict[str, str] | None = None) -> dict[str, Any]:
-    """Read ``src`` in its format and write the same weights to ``dst`` in another."""
+    """Read ``src`` in its format and write the same weights to ``dst`` in another.
+
+    The report's ``notes`` say what was converted on the way (float16, bfloat16
+    and float64 tensors to float32); tensors that are not floating point or not
+    finite refuse the whole file. ``dst`` is checked before any work: never the
+    source itself (through links too), a folder, or a name in a missing folder.
+    """
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise UserError(f"{src}: no such file")
+    check_destination(dst)
+    if dst.exists() and os.path.samefile(src, dst):
+        raise UserError(f"{dst}: is the source {src} itself; convert writes a new file and never overwrites its "
+                        "source")
     spec = resolve(arch) if arch is not None else None
     src_format = _check_format(src_format or guess_format(src, spec))
     if spec is None:
         if src_format != "canonical":
-            raise UserError("--arch is required unless the source is a canonical file that names its spec")
+            raise UserError(f"{src}: --arch is required unless the source is a canonical file that names its spec")
         spec = file_spec(src)
         if spec is None:
             raise UserError(f"{src} does not name its architecture; pass --arch")
     dst_format = _check_format(dst_format or guess_format(dst, spec))
+    if FORMATS[dst_format] == "tensorflow" and not dst.name.endswith(".weights.h5"):  # before reading anything
+        raise UserError(f"{dst}: Keras 3 writes weights files named *.weights.h5")
     with tempfile.TemporaryDirectory(prefix="resnet-multi-convert-") as tmp:
         if src_format == "canonical":
             middle = src
-            load_state(src, spec)  # validate: refuse the whole file if it does not fit
+            state = load_state(src, spec)  # validate: refuse the whole file if it does not fit
+            notes = state.notes
         else:
             middle = Path(tmp) / "canonical.safetensors"
             _step("read", src_format, spec, src, middle, python or {})
+            state = None
+            notes = json.loads(file_metadata(middle).get("notes", "[]"))  # the reader's, in its environment
         if dst_format == "canonical":
-            save_state(load_state(middle, spec), dst, spec)
+            save_state(state if state is not None else load_state(middle, spec), dst, spec)
         else:
             _step("write", dst_format, spec, middle, dst, python or {})
     return {"source": str(src), "source_format": src_format, "destination": str(dst),
-            "destination_format": dst_format, "arch": spec.name, "tensors": len(expected_shapes(spec))}
+            "destination_format": dst_format, "arch": spec.name, "tensors": len(expected_shapes(spec)),
+            "notes": notes}
 
 
 def _step(direction: str, fmt: str, spec: ResNetSpec, src: Path, dst: Path, python: dict[str, str]) -> None:
@@ -114,7 +132,8 @@ def _step(direction: str, fmt: str, spec: ResNetSpec, src: Path, dst: Path, pyth
 
 def run_step(face: faces.BackendFace, direction: str, fmt: str, spec: ResNetSpec, src: Path, dst: Path) -> None:
     if direction == "read":
-        save_state(face.read_file(src, spec, fmt), dst, spec)
+        state = face.read_file(src, spec, fmt)
+        save_state(state, dst, spec, notes=getattr(state, "notes", ()))  # the middle file carries the notes
     else:
         face.write_file(load_state(src, spec), dst, spec, fmt)
 

@@ -5,20 +5,28 @@ canonical names of ``plan(spec)`` and PyTorch's layout: conv kernels
 (O, I/groups, kH, kW), linear (out, in), BN weight/bias/running_mean/
 running_var. Every backend converts to and from exactly this, so one file
 runs in all four frameworks.
+
+Every reader of weights (this module's ``load_state``, each backend's
+``read_file`` and ``from_canonical``) goes through ``check_state``: names and
+shapes (``check_tensors``), then dtypes and values (``check_values``), before
+anything is cast. Tensors that are not floating point or hold NaN/inf are
+refused; float16, bfloat16 and float64 are converted to float32, and the
+``State`` returned says so in its ``notes``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import struct
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from resnet_multi.arch.plan import Conv, Linear, Norm, plan
-from resnet_multi.arch.spec import ResNetSpec
-from resnet_multi.errors import UserError
+from resnet_multi.arch.spec import ResNetSpec, spec_from_dict
+from resnet_multi.errors import SpecError, UserError
 from resnet_multi.files import atomic_write
 
 FORMAT = "resnet-multi/1"
@@ -91,38 +99,117 @@ def expected_shapes(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
     return {**p.param_shapes(), **p.buffer_shapes()}
 
 
+class State(dict):
+    """A canonical state as the readers return it: float32 arrays, and ``notes`` on what was converted."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray] | Iterable = (), notes: Iterable[str] = ()):
+        super().__init__(arrays)
+        self.notes: list[str] = list(notes)
+
+
+def shown(name: Any, limit: int = 80) -> str:
+    """A tensor name fit for a one-line message: odd characters escaped, long names cut."""
+    text = str(name)
+    text = text if text.isprintable() else repr(text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _listed(items: list[str], limit: int = 8) -> str:
+    return ", ".join(items[:limit]) + (" ..." if len(items) > limit else "")
+
+
 def check_tensors(want: Mapping[str, tuple[int, ...]], state: Mapping[str, np.ndarray], what: str) -> None:
     """Raise WeightsError listing every missing, unexpected or mis-shaped tensor (all or nothing).
 
     ``what`` starts the message, e.g. "weights.safetensors do not fit resnet50".
     """
-    missing = [k for k in want if k not in state]
-    unexpected = [k for k in state if k not in want]
-    misshaped = [f"{k} {tuple(np.shape(state[k]))} (expected {tuple(want[k])})"
+    missing = [shown(k) for k in want if k not in state]
+    unexpected = [shown(k) for k in state if k not in want]
+    misshaped = [f"{shown(k)} {tuple(np.shape(state[k]))} (expected {tuple(want[k])})"
                  for k in want if k in state and tuple(np.shape(state[k])) != tuple(want[k])]
-    problems = [f"{label} {len(items)}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
+    problems = [f"{label} {len(items)}: {_listed(items)}"
                 for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
                 if items]
     if problems:
         raise WeightsError(f"{what}, nothing loaded: " + "; ".join(problems))
 
 
-def check_state(spec: ResNetSpec, state: Mapping[str, np.ndarray], source: str = "weights") -> None:
-    """Raise WeightsError listing every missing, unexpected or mis-shaped tensor (all or nothing)."""
-    check_tensors(expected_shapes(spec), state, f"{source} do not fit {spec.name}")
+# The dtypes a weights file may hold: float32 as it is, these converted to float32 (and said so).
+FLOAT32 = "float32"
+CONVERTED = ("float16", "bfloat16", "float64")
 
 
-def save_state(state: Mapping[str, np.ndarray], path: str | Path, spec: ResNetSpec | None = None) -> Path:
-    """Write a canonical safetensors file (atomically: a crash never leaves half a file)."""
+def check_values(state: Mapping[str, Any], source: str = "weights",
+                 dtypes: Mapping[str, str] | None = None) -> State:
+    """The state as float32, or a WeightsError naming every tensor that is not float or not finite.
+
+    This is the one check of dtypes and values: every reader calls it (through
+    check_state) before its own cast. ``dtypes`` gives a tensor's dtype in its
+    file where the reader had to change it to reach NumPy (torch's bfloat16
+    arrives as float32, a safetensors float8 as a placeholder): the file's
+    dtype is judged. float16, bfloat16 and float64 are converted, each dtype
+    one note; a float64 value beyond float32's range is refused, never
+    turned into inf.
+    """
+    dtypes = dtypes or {}
+    wrong, nonfinite, overflow = [], [], []
+    converted: dict[str, list[str]] = {}
+    out = State(notes=getattr(state, "notes", ()))
+    for name, value in state.items():
+        array = np.asarray(value)
+        dtype = dtypes.get(name, array.dtype.name)
+        if dtype != FLOAT32 and dtype not in CONVERTED:
+            wrong.append(f"{shown(name)} ({shown(dtype, 20)})")
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, not warned about
+            cast = np.asarray(array, dtype=np.float32)
+        if not np.isfinite(cast).all():
+            beyond = array.dtype == np.float64 and bool(np.isfinite(array).all())
+            (overflow if beyond else nonfinite).append(shown(name))
+        if dtype != FLOAT32:
+            converted.setdefault(dtype, []).append(shown(name))
+        out[name] = cast
+    problems = [f"{label} {len(items)}: {_listed(items)}"
+                for label, items in (("not floating point", wrong), ("NaN or inf", nonfinite),
+                                     ("beyond float32's range", overflow)) if items]
+    if problems:
+        raise WeightsError(f"{source}: refused whole, nothing loaded: " + "; ".join(problems))
+    out.notes += [f"{len(names)} {dtype} tensor{'s' if len(names) > 1 else ''} converted to float32 "
+                  f"({_listed(names, 3)})" for dtype, names in converted.items()]
+    return out
+
+
+def check_state(spec: ResNetSpec, state: Mapping[str, Any], source: str = "weights",
+                dtypes: Mapping[str, str] | None = None) -> State:
+    """The state as float32 if it fits the spec whole: names and shapes, then dtypes and values.
+
+    Raises WeightsError listing every missing, unexpected or mis-shaped tensor,
+    or every tensor that is not floating point or not finite (check_values).
+    """
+    want = expected_shapes(spec)
+    check_tensors(want, state, f"{source} do not fit {spec.name}")
+    ordered = State({k: state[k] for k in want}, getattr(state, "notes", ()))  # the model's order, whatever the file's
+    return check_values(ordered, source, dtypes)
+
+
+def save_state(state: Mapping[str, np.ndarray], path: str | Path, spec: ResNetSpec | None = None,
+               notes: Iterable[str] = ()) -> Path:
+    """Write a canonical safetensors file (atomically: a crash never leaves half a file).
+
+    The state is checked first (check_state with a spec, else check_values): no
+    canonical file holds NaN or an integer tensor. ``notes`` (convert's middle
+    file) travel in the metadata; read them back with ``file_metadata``.
+    """
     from safetensors.numpy import save
 
     path = Path(path)
-    if spec is not None:
-        check_state(spec, state)
+    checked = check_state(spec, state) if spec is not None else check_values(state)
     metadata = {"format": FORMAT}
     if spec is not None:
         metadata["spec"] = json.dumps(spec.to_dict())
-    blob = save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}, metadata=metadata)
+    if notes:
+        metadata["notes"] = json.dumps(list(notes))
+    blob = save({k: np.ascontiguousarray(v) for k, v in checked.items()}, metadata=metadata)
     return atomic_write(path, blob)
 
 
@@ -134,27 +221,80 @@ def read_weights_bytes(path: str | Path) -> bytes:
         raise WeightsError(f"{path}: cannot read weights file ({exc.strerror or exc})") from None
 
 
-def load_state(path: str | Path, spec: ResNetSpec | None = None) -> dict[str, np.ndarray]:
-    """Read a canonical safetensors file; with a spec, refuse it whole unless it fits."""
-    from safetensors.numpy import load
+# safetensors dtype -> NumPy (little-endian, as the format is); others (BF16, float8) are decoded or refused below.
+_NUMPY_DTYPES = {"BOOL": "?", "U8": "u1", "I8": "i1", "U16": "<u2", "I16": "<i2", "U32": "<u4", "I32": "<i4",
+                 "U64": "<u8", "I64": "<i8", "F16": "<f2", "F32": "<f4", "F64": "<f8", "C64": "<c8"}
 
-    path = Path(path)
+
+def _decode(info: Mapping[str, Any]) -> tuple[np.ndarray, str | None]:
+    """A deserialized safetensors tensor -> (array, its dtype name where the array's own differs)."""
+    kind, shape, data = info["dtype"], tuple(info["shape"]), info["data"]
+    if kind in _NUMPY_DTYPES:
+        return np.frombuffer(data, dtype=_NUMPY_DTYPES[kind]).reshape(shape), None
+    if kind == "BF16":  # bfloat16 is the top half of a float32: widened exactly
+        bits = np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16
+        return bits.view(np.float32).reshape(shape), "bfloat16"
+    return np.broadcast_to(np.uint8(0), shape), str(kind).lower()  # a shape only: refused by its dtype
+
+
+def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, str]]:
+    """(tensors as stored, the dtypes check_values must judge instead, metadata) of a safetensors file."""
+    from safetensors import SafetensorError, deserialize
+
     data = read_weights_bytes(path)
     try:
-        state = load(data)
-    except Exception as exc:  # safetensors raises its own error types for corrupt or truncated files
-        raise WeightsError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:200]})") from None
+        tensors = deserialize(data)  # checks the header, the offsets and the sizes
+    except SafetensorError as exc:
+        detail = (str(exc).strip().splitlines() or ["no detail"])[0][:200]
+        raise WeightsError(f"{path}: not a readable safetensors file ({detail})") from None
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + size])  # valid: deserialize parsed it
+    state, dtypes = {}, {}
+    for name, info in sorted(tensors, key=lambda item: header[item[0]]["data_offsets"]):  # the file's order
+        state[name], dtype = _decode(info)
+        if dtype is not None:
+            dtypes[name] = dtype
+    return state, dtypes, dict(header.get("__metadata__") or {})
+
+
+def load_state(path: str | Path, spec: ResNetSpec | None = None) -> State:
+    """Read a canonical safetensors file; with a spec, refuse it whole unless it fits.
+
+    Refused too: tensors that are not floating point or hold NaN/inf. float16,
+    bfloat16 and float64 tensors are converted to float32; the State's
+    ``notes`` say which.
+    """
+    path = Path(path)
+    state, dtypes, _ = _read(path)
     if spec is not None:
-        check_state(spec, state, source=str(path))
-    return {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}
+        return check_state(spec, state, source=str(path), dtypes=dtypes)
+    return check_values(state, source=str(path), dtypes=dtypes)
+
+
+def file_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a canonical file, or a one-line WeightsError naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    read_weights_bytes(path)  # a missing or unreadable file: the same one line as load_state's
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        detail = (str(exc).strip().splitlines() or ["no detail"])[0][:200]
+        raise WeightsError(f"{path}: not a readable safetensors file ({detail})") from None
 
 
 def file_spec(path: str | Path) -> ResNetSpec | None:
-    """The spec stored in a canonical file's metadata, if any."""
-    from safetensors import safe_open
-
-    from resnet_multi.arch.spec import spec_from_dict
-
-    with safe_open(str(path), framework="numpy") as f:
-        meta = f.metadata() or {}
-    return spec_from_dict(json.loads(meta["spec"])) if "spec" in meta else None
+    """The spec stored in a canonical file's metadata, if any; a bad one is a one-line UserError naming the file."""
+    meta = file_metadata(path)
+    if "spec" not in meta:
+        return None
+    try:
+        data = json.loads(meta["spec"])
+    except (ValueError, RecursionError) as exc:
+        raise WeightsError(f"{path}: the spec in its metadata is not valid JSON ({str(exc)[:200]})") from None
+    try:
+        return spec_from_dict(data)
+    except SpecError as exc:
+        raise SpecError(f"{path}: the spec in its metadata: {exc}") from None

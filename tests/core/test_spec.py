@@ -132,3 +132,44 @@ def test_conv_bias_shorthands():
     assert spec_from_dict(data).conv_bias == BIAS_ROLES
     data["conv_bias"] = "none"
     assert spec_from_dict(data).conv_bias == ()
+
+
+# -- hostile spec files (issue 14, item 7): one line naming the file, never a traceback ------------------------
+
+
+def test_non_utf8_spec_file_is_one_line(tmp_path):
+    for suffix in (".json", ".toml"):
+        path = tmp_path / f"latin1{suffix}"
+        path.write_bytes('{"name": "caf\u00e9"}'.encode("latin-1"))
+        with pytest.raises(SpecError, match=r"not UTF-8 text \(byte 13\)") as info:
+            load_spec(path)
+        assert str(info.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("suffix,text", [(".json", "[" * 200_000 + "]" * 200_000),
+                                         (".json", '{"a":' * 100_000 + "1" + "}" * 100_000),
+                                         (".toml", "a = " + "[" * 100_000 + "]" * 100_000),
+                                         (".toml", "a = " + "{b = " * 50_000 + "1" + "}" * 50_000)])
+def test_deeply_nested_spec_file_is_one_line(tmp_path, suffix, text):
+    path = tmp_path / f"deep{suffix}"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+
+
+def test_values_quoted_in_errors_are_short_and_on_one_line():
+    data = presets.get("resnet20").to_dict()
+    data["block"] = "x\n" * 10_000
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(data)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 200
+    data = presets.get("resnet20").to_dict()
+    data["stem"]["line\nbreak"] = 1
+    with pytest.raises(SpecError, match=r"^stem\.'line\\nbreak': unknown field"):
+        spec_from_dict(data)
+
+
+def test_a_name_with_a_final_newline_is_refused():
+    with pytest.raises(SpecError, match="^name:"):
+        basic(name="t\n")

@@ -13,18 +13,22 @@ from pathlib import Path
 from typing import Mapping
 
 import jax
+import msgpack
 import numpy as np
 from flax import nnx, serialization
 
 from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.files import atomic_write
-from resnet_multi.weights.canonical import WeightsError, check_state, read_weights_bytes
+from resnet_multi.weights.canonical import State, WeightsError, check_state, read_weights_bytes, shown
 from resnet_multi.weights.layouts import from_channels_last
 
 from .model import ResNet, jax_device
 from .weights import canonical_name, from_canonical, to_canonical
 
 FORMATS = ("flax",)
+# What msgpack_restore raises for corrupt or truncated data: msgpack's errors (ExtraData, FormatError, ...),
+# and flax's own ndarray decoding (unknown dtype, bad shape, unhashable key).
+RESTORE_ERRORS = (msgpack.exceptions.UnpackException, ValueError, TypeError, KeyError, IndexError, OverflowError)
 
 
 def _check_format(fmt: str) -> None:
@@ -58,33 +62,43 @@ def write_file(state: Mapping[str, np.ndarray], path, spec: ResNetSpec, fmt: str
     atomic_write(path, serialization.msgpack_serialize(nnx.to_pure_dict(nnx.state(model))))
 
 
-def read_file(path, spec: ResNetSpec, fmt: str = "flax") -> dict[str, np.ndarray]:
-    """A msgpack file of our model's state -> canonical state; refused whole unless every tensor fits."""
+def read_file(path, spec: ResNetSpec, fmt: str = "flax") -> State:
+    """A msgpack file of our model's state -> canonical state; refused whole unless every tensor fits.
+
+    Names, shapes, dtypes and values are checked as stored (check_state), before any cast.
+    """
     _check_format(fmt)
     path = Path(path)
     data = read_weights_bytes(path)
     try:
         tree = serialization.msgpack_restore(data)
-    except Exception as exc:  # msgpack raises ValueError, ExtraData, FormatError, ... for corrupt or truncated data
+    except RESTORE_ERRORS as exc:
         text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise WeightsError(f"{path}: not a readable flax msgpack file ({text})") from None
     if not isinstance(tree, dict) or not tree:
         raise WeightsError(f"{path}: not a flax state file (expected a nested dict of arrays, "
                            f"got {type(tree).__name__})")
     flat = _flatten(tree)
-    bad = [".".join(p) for p, v in flat.items()
-           if not (isinstance(v, np.ndarray) and (np.issubdtype(v.dtype, np.floating) or v.dtype.name == "bfloat16"))]
+    bad = [shown(".".join(p)) for p, v in flat.items() if not isinstance(v, np.ndarray)]
     if bad:
-        raise WeightsError(f"{path}: entries that are not float arrays, nothing loaded: {', '.join(bad[:8])}"
+        raise WeightsError(f"{path}: entries that are not arrays, nothing loaded: {', '.join(bad[:8])}"
                            f"{' ...' if len(bad) > 8 else ''}")
     model = empty_model(spec)
     model_vars = {tuple(str(k) for k in p): v for p, v in nnx.to_flat_state(nnx.state(model))}
     names = {p: canonical_name(p) for p in model_vars}
-    # Checked in canonical names and layout, so the message reads like every other backend's; a path the
-    # model does not have keeps its own (slash-separated) name and shows up as unexpected.
-    canonical = {names.get(p, "/".join(p)): from_channels_last(np.asarray(v, np.float32)) for p, v in flat.items()}
-    check_state(spec, canonical, source=str(path))
+    canonical_names = set(names.values())
+
+    def name_of(p: tuple[str, ...]) -> str:
+        # A path the model does not have keeps its own (slash-separated) name and shows up as unexpected.
+        if p in names:
+            return names[p]
+        own = "/".join(p)
+        return own if own not in canonical_names else f"{own} (a path the model lacks)"
+
+    # Checked in canonical names and layout, as stored (no cast yet), so the message reads like every other
+    # backend's and an int or NaN tensor is refused by name.
+    checked = check_state(spec, {name_of(p): from_channels_last(v) for p, v in flat.items()}, source=str(path))
     # Read back into our model by the file's paths (the file is that model's state), then canonical.
     for p, var in model_vars.items():
         var.set_value(jax.device_put(np.asarray(flat[p], np.float32), var.get_value().sharding))
-    return to_canonical(model)
+    return State(to_canonical(model), checked.notes)

@@ -48,7 +48,7 @@ def to_canonical(model) -> dict[str, np.ndarray]:
 
 def from_canonical(model, state: Mapping[str, np.ndarray]) -> None:
     """Load a canonical state: checked whole against the spec first, so nothing loads unless all of it fits."""
-    check_state(model.spec, state)
+    state = check_state(model.spec, state)  # names, shapes, dtypes and values; float32 from here
     found = variables(model)
     converted = {name: np.ascontiguousarray(to_channels_last(np.asarray(state[name], np.float32)))
                  for name in found}  # every conversion done before any variable changes

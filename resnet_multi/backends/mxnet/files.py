@@ -5,8 +5,9 @@ names such as ``stem.conv1.weight``, ``layer1.0.bn1.gamma``); 'gluon-zoo' is
 a mxnet.gluon.model_zoo.vision resnet*_v1/_v2 ``.params`` file, its names
 mapped by resnet_multi.weights.zoo_names. Either is read with mx.nd.load and
 its names mapped to canonical ones; a file that does not fit is refused
-whole, with every missing, unexpected and mis-shaped tensor listed
-(check_state), and an unreadable one with a single line (WeightsError).
+whole, with every missing, unexpected and mis-shaped tensor listed, and
+every tensor that is not float or not finite, checked as stored before any
+cast (check_state), and an unreadable one with a single line (WeightsError).
 Every write is atomic (resnet_multi.files.atomic_write).
 """
 
@@ -22,7 +23,7 @@ from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.errors import UserError
 from resnet_multi.files import atomic_write
 from resnet_multi.weights import zoo_names
-from resnet_multi.weights.canonical import WeightsError, check_state
+from resnet_multi.weights.canonical import State, WeightsError, check_state, shown
 
 from .model import ResNet, build
 from .weights import parameters
@@ -54,7 +55,7 @@ def _gluon_names(spec: ResNetSpec) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def _to_canonical_names(raw: Mapping[str, np.ndarray], names: Mapping[str, str], frozen,
-                        spec: ResNetSpec, source: str) -> dict[str, np.ndarray]:
+                        spec: ResNetSpec, source: str) -> State:
     """File names -> canonical names; refuses the file whole, listing every missing, unexpected
     and mis-shaped tensor (check_state). A file name that is not the file's own name for any
     tensor is listed as unexpected under its own name."""
@@ -64,14 +65,15 @@ def _to_canonical_names(raw: Mapping[str, np.ndarray], names: Mapping[str, str],
         if key in canonical:
             state[canonical[key]] = value
         elif key not in frozen:
-            state[key if key not in names else f"{key} (stored as {names[key]})"] = value
-    check_state(spec, state, source=source)
-    return state
+            state[shown(key) if key not in names else f"{shown(key)} (stored as {names[key]})"] = value
+    return check_state(spec, state, source=source)
 
 
-def read_file(path, spec: ResNetSpec, fmt: str = "gluon") -> dict[str, np.ndarray]:
+def read_file(path, spec: ResNetSpec, fmt: str = "gluon") -> State:
     """A Gluon .params file -> canonical state (checked against the spec: all or nothing)."""
     path, fmt = Path(path), _format(fmt)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
     try:
         params = mx.nd.load(str(path))
     except mx.base.MXNetError as exc:  # MXNet's message ends with the reason
@@ -79,14 +81,14 @@ def read_file(path, spec: ResNetSpec, fmt: str = "gluon") -> dict[str, np.ndarra
         raise WeightsError(f"{path}: not a readable MXNet .params file ({reason})") from None
     if not isinstance(params, dict):
         raise WeightsError(f"{path}: holds an unnamed list of arrays, not named parameters")
-    raw = {k: v.asnumpy().astype(np.float32) for k, v in params.items()}
+    raw = {k: v.asnumpy() for k, v in params.items()}  # as stored: check_state judges dtypes before any cast
     if fmt == "gluon-zoo":
         names = zoo_names.gluon_zoo_names(spec)
         frozen = {}
         if "input_bn.running_mean" in names:  # v2's data BN: Gluon stores its frozen gamma and beta
             prefix = names["input_bn.running_mean"].rsplit(".", 1)[0]
             frozen = {f"{prefix}.gamma": "gamma", f"{prefix}.beta": "beta"}
-        _to_canonical_names(raw, names, frozen, spec, str(path))
+        notes = _to_canonical_names(raw, names, frozen, spec, str(path)).notes
         try:  # the same mapping, and its check that the data BN's shift is zero
             state = zoo_names.from_gluon_zoo(spec, raw)
         except UserError as exc:
@@ -94,13 +96,13 @@ def read_file(path, spec: ResNetSpec, fmt: str = "gluon") -> dict[str, np.ndarra
     else:
         names, frozen = _gluon_names(spec)
         state = _to_canonical_names(raw, names, frozen, spec, str(path))
+        notes = state.notes
         # An affine-free BN's gamma is ignored (fix_gamma); its beta is added: it must be zero.
         shifted = [k for k, kind in frozen.items() if kind == "beta" and k in raw and np.any(raw[k] != 0)]
         if shifted:
             raise WeightsError(f"{path}: {', '.join(shifted)} not zero: an affine-free BN of {spec.name} "
                                "has no shift; nothing loaded")
-    check_state(spec, state, source=str(path))
-    return state
+    return State(check_state(spec, state, source=str(path)), notes)
 
 
 def write_file(state: Mapping[str, np.ndarray], path, spec: ResNetSpec, fmt: str = "gluon") -> None:

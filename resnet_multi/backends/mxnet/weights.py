@@ -59,7 +59,7 @@ def to_canonical(model) -> dict[str, np.ndarray]:
 
 def from_canonical(model, state: Mapping[str, np.ndarray]) -> None:
     """Load a canonical state; check_state refuses a misfit before anything is written."""
-    check_state(model.spec, state)
+    state = check_state(model.spec, state)  # names, shapes, dtypes and values; float32 from here
     params = parameters(model)
     for name, param in params.items():  # a model that no longer fits its own spec: refuse before writing
         if tuple(param.shape) != tuple(np.shape(state[name])):

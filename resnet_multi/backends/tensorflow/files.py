@@ -27,7 +27,14 @@ import numpy as np
 from resnet_multi.arch.plan import Conv, Norm, plan
 from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.files import atomic_write
-from resnet_multi.weights.canonical import WeightsError, check_state
+from resnet_multi.weights.canonical import (
+    State,
+    WeightsError,
+    check_state,
+    check_tensors,
+    check_values,
+    expected_shapes,
+)
 from resnet_multi.weights.layouts import canonical_shape
 from resnet_multi.weights.zoo_names import canonical_from_keras, keras_applications_layer, keras_variables
 
@@ -41,15 +48,18 @@ APPLICATIONS = {"resnet50_v1": "ResNet50", "resnet101_v1": "ResNet101", "resnet1
                 "resnet50_v2": "ResNet50V2", "resnet101_v2": "ResNet101V2", "resnet152_v2": "ResNet152V2"}
 
 
-def read_file(path: str | Path, spec: ResNetSpec, fmt: str) -> dict[str, np.ndarray]:
-    """A Keras weights file -> canonical state (checked against the spec: all or nothing)."""
+def read_file(path: str | Path, spec: ResNetSpec, fmt: str) -> State:
+    """A Keras weights file -> canonical state (checked against the spec: all or nothing).
+
+    The file's tensors are checked (names, shapes, dtypes, values) as stored, before Keras casts them.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
     if fmt not in FORMATS:
         raise WeightsError(f"the tensorflow backend reads {' and '.join(map(repr, FORMATS))} files, not {fmt!r}")
     if fmt == "keras":
-        check_layout(path, spec, lambda name: name)  # our layers carry the canonical names
+        notes = check_layout(path, spec, lambda name: name)  # our layers carry the canonical names
         model = build(spec, device="cpu")
         for variable in model.weights:  # a variable the file does not fill stays NaN
             variable.assign(np.full(variable.shape, np.nan, dtype=np.float32))
@@ -64,15 +74,16 @@ def read_file(path: str | Path, spec: ResNetSpec, fmt: str) -> dict[str, np.ndar
             raise WeightsError(f"{path}: does not fill {', '.join(unfilled[:8])}; nothing loaded")
     else:
         application_name(spec)  # an architecture keras.applications lacks: say so before reading
-        check_layout(path, spec, keras_applications_layer)
+        notes = check_layout(path, spec, keras_applications_layer)
         app = application(spec)
         _load(app, path, spec)
         state = {}
         for module in plan(spec).modules():
             state.update(canonical_from_keras(module, app.get_layer(keras_applications_layer(module.name))
                                               .get_weights()))
-    check_state(spec, state, source=str(path))
-    return state
+    checked = check_state(spec, state, source=str(path))
+    checked.notes = notes  # what was converted on the way in, told by check_layout
+    return checked
 
 
 def write_file(state: Mapping[str, np.ndarray], path: str | Path, spec: ResNetSpec, fmt: str) -> None:
@@ -133,15 +144,23 @@ def _dataset_count(path: Path) -> int:
 # -- checking a file whole before loading it ---------------------------------------------------
 #
 # Keras's load_weights stops at the first layer that does not fit and names it by its
-# position. Both Keras weights files name their layers, though: a Keras 3 .weights.h5
-# stores each layer's name on its "vars" group, the legacy .h5 lists "layer_names" and
-# each layer's "weight_names". So the file's tensors are first mapped to canonical names
-# (by shape only, nothing read) and checked with check_state: every missing, unexpected
-# or mis-shaped tensor is listed, and nothing is loaded.
+# position, and casts whatever it reads to float32. Both Keras weights files name their
+# layers, though: a Keras 3 .weights.h5 stores each layer's name on its "vars" group, the
+# legacy .h5 lists "layer_names" and each layer's "weight_names". So the file's tensors
+# are first read with h5py and mapped to canonical names: every missing, unexpected or
+# mis-shaped tensor is listed (check_tensors), every one that is not float or not finite
+# too (check_values), and nothing is loaded.
+
+H5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)  # h5py on damaged, truncated, foreign files
 
 
-def stored_shapes(path: Path, spec: ResNetSpec) -> dict[str, dict[int | str, tuple[int, ...]]] | None:
-    """Layer name -> {variable index in Keras order: stored shape}; None if the file names no layers."""
+def _h5_failure(path: Path, spec: ResNetSpec, exc: Exception) -> WeightsError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return WeightsError(f"{path}: not a readable Keras weights file of {spec.name} ({first}); nothing loaded")
+
+
+def stored_arrays(path: Path, spec: ResNetSpec) -> dict[str, dict[int | str, np.ndarray]] | None:
+    """Layer name -> {variable index in Keras order: the array as stored}; None if the file names no layers."""
     try:
         with h5py.File(path, "r") as f:
             root = f["model_weights"] if "model_weights" in f else f  # a legacy whole-model .h5
@@ -151,21 +170,35 @@ def stored_shapes(path: Path, spec: ResNetSpec) -> dict[str, dict[int | str, tup
                     name = raw.decode() if isinstance(raw, bytes) else str(raw)
                     names = [w.decode() if isinstance(w, bytes) else str(w)
                              for w in root[name].attrs.get("weight_names", [])]
-                    out[name] = {i: tuple(root[name][w].shape) for i, w in enumerate(names)}
+                    out[name] = {i: np.asarray(root[name][w][()]) for i, w in enumerate(names)}
                 return out
             out = {}
 
             def visit(key, obj):
                 if isinstance(obj, h5py.Group) and key.rsplit("/", 1)[-1] == "vars" and "name" in obj.attrs:
-                    out[str(obj.attrs["name"])] = {int(k) if k.isdigit() else k: tuple(obj[k].shape) for k in obj
+                    out[str(obj.attrs["name"])] = {int(k) if k.isdigit() else k: np.asarray(obj[k][()]) for k in obj
                                                    if isinstance(obj[k], h5py.Dataset)}
 
             f.visititems(visit)
             return out or None
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise WeightsError(f"{path}: not a readable Keras weights file of {spec.name} ({first}); "
-                           f"nothing loaded") from None
+    except H5_ERRORS as exc:
+        raise _h5_failure(path, spec, exc) from None
+
+
+def all_datasets(path: Path, spec: ResNetSpec) -> dict[str, np.ndarray]:
+    """Every dataset of an h5 file by its path in the file (a file that names no layers)."""
+    out = {}
+
+    def visit(key, obj):
+        if isinstance(obj, h5py.Dataset):
+            out[key] = np.asarray(obj[()])
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except H5_ERRORS as exc:
+        raise _h5_failure(path, spec, exc) from None
+    return out
 
 
 def keras_order(module) -> list[str]:
@@ -179,28 +212,32 @@ def keras_order(module) -> list[str]:
     return [f"{module.name}.{k}" for k in keys]
 
 
-def check_layout(path: Path, spec: ResNetSpec, layer_name: Callable[[str], str]) -> None:
+def check_layout(path: Path, spec: ResNetSpec, layer_name: Callable[[str], str]) -> list[str]:
     """Refuse the file whole unless its tensors, mapped to canonical names, fit the spec exactly.
 
     ``layer_name`` maps a canonical module name to the file's layer name.
+    Returns check_values' notes (the float16/float64 tensors Keras will cast).
     """
-    stored = stored_shapes(path, spec)
-    if stored is None:  # a file that does not name its layers: load_weights judges it
-        return
+    stored = stored_arrays(path, spec)
+    if stored is None:  # a file that does not name its layers: its values by their h5 paths; load_weights judges
+        return check_values(all_datasets(path, spec), source=str(path)).notes
     seen: dict[str, np.ndarray] = {}
     placeholder = lambda shape: np.broadcast_to(np.float32(0), shape)  # noqa: E731 (a shape, no memory)
+    values: dict[str, np.ndarray] = {}
     known = set()
     for module in plan(spec).modules():
         layer = layer_name(module.name)
         known.add(layer)
         names = keras_order(module)
-        for i, shape in stored.get(layer, {}).items():
+        for i, array in stored.get(layer, {}).items():
             key = names[i] if isinstance(i, int) and i < len(names) else f"{layer}/vars/{i}"
             # Variable 0 is a kernel, stored channels-last, or a BN's gamma, a vector that
             # canonical_shape leaves as it is.
-            seen[key] = placeholder(canonical_shape(shape) if i == 0 else shape)
-    for layer, shapes in stored.items():
+            seen[key] = placeholder(canonical_shape(array.shape) if i == 0 else array.shape)
+            values[key] = array
+    for layer, arrays in stored.items():
         if layer not in known:
-            for i, shape in shapes.items():
-                seen[f"{layer}/vars/{i}"] = placeholder(shape)
-    check_state(spec, seen, source=str(path))
+            for i, array in arrays.items():
+                seen[f"{layer}/vars/{i}"] = placeholder(array.shape)
+    check_tensors(expected_shapes(spec), seen, f"{path} do not fit {spec.name}")
+    return check_values(values, source=str(path)).notes  # in the file's layout: values and dtypes only

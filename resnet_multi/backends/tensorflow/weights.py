@@ -56,7 +56,7 @@ def to_canonical(model: keras.Model) -> dict[str, np.ndarray]:
 
 def from_canonical(model: keras.Model, state: Mapping[str, np.ndarray]) -> None:
     """Load a canonical state: checked whole against the spec and the model first, nothing assigned on error."""
-    check_state(model.spec, state)
+    state = check_state(model.spec, state)  # names, shapes, dtypes and values; float32 from here
     found = variables(model)
     updates = []
     for name, variable in found.items():

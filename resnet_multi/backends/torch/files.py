@@ -5,13 +5,18 @@ whole, unwrapped from a training checkpoint ('state_dict' / 'model') and
 stripped of DataParallel or torch.compile prefixes, then checked against the
 spec: every tensor fits, or nothing is returned. Read only with
 torch.load(weights_only=True): tensors and plain containers, never arbitrary
-pickled objects. Written as torchvision's model.load_state_dict(strict=True)
-takes it, BN counters included, through resnet_multi.files.atomic_write.
+pickled objects. Each tensor reaches check_state in the dtype the file holds
+(int, bool, NaN are refused; float16/bfloat16/float64 converted and noted).
+Written as torchvision's model.load_state_dict(strict=True) takes it, BN
+counters included, through resnet_multi.files.atomic_write.
 """
 
 from __future__ import annotations
 
 import io
+import pickle
+import re
+import struct
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,10 +27,9 @@ import torch
 from resnet_multi.arch.plan import Norm, plan
 from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.files import atomic_write
-from resnet_multi.weights.canonical import WeightsError, check_state, read_weights_bytes
-from resnet_multi.weights.zoo_names import from_torchvision
+from resnet_multi.weights.canonical import State, WeightsError, check_state, read_weights_bytes, shown
 
-from .weights import COUNTER, to_numpy
+from .weights import COUNTER, is_canonical
 
 FORMATS = ("torch",)
 # Containers a checkpoint may wrap its state_dict in (training scripts, timm, DeiT-style).
@@ -42,18 +46,30 @@ def check_format(fmt: str) -> None:
 # -- torch.load / torch.save -------------------------------------------------------------------
 
 
+ZIP = b"PK\x03\x04"  # torch.save's format since 1.6; before it, a bare pickle (b"\x80" + protocol)
+# What torch.load raises for bytes that are damaged, truncated or not its own (its zip reader, the unpickler).
+LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError, TypeError,
+               AttributeError, OSError, struct.error, OverflowError)
+
+
 def load(path: Path) -> Any:
     """torch.load with weights_only=True; any failure is one line naming the file."""
-    data = io.BytesIO(read_weights_bytes(path))
+    data = read_weights_bytes(path)
+    if not (data.startswith(ZIP) or (data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))):
+        raise WeightsError(f"{path}: not a torch file (torch.save writes a zip archive or a pickle; "
+                           "this is neither)")
     try:
-        return torch.load(data, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch/pickle raise many types for corrupt, truncated or foreign files
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except LOAD_ERRORS as exc:
         text = str(exc).strip()
-        if "Weights only load failed" in text:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if refused:  # a real pickle of objects weights_only will not build: never executed
             raise WeightsError(f"{path}: refused: the file holds pickled objects other than tensors "
-                               "(read with torch.load(weights_only=True))") from None
-        first = text.splitlines()[0][:200] if text else "no detail"
-        raise WeightsError(f"{path}: not a readable torch weights file ({type(exc).__name__}: {first})") from None
+                               f"({refused.group(1)}; read with torch.load(weights_only=True))") from None
+        reason = re.search(r"WeightsUnpickler error: \s*(\S[^\n]*)", text)  # the cause under torch's advice
+        first = reason.group(1) if reason else (text.splitlines() or ["no detail"])[0].split(". ")[0]
+        raise WeightsError(f"{path}: not a readable torch weights file, damaged or truncated "
+                           f"({type(exc).__name__}: {first[:200]})") from None
 
 
 def save(obj: Any, path: Path) -> None:
@@ -75,7 +91,7 @@ def unwrap(obj: Any, path: Path) -> Mapping[str, Any]:
         break
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{path}: not a state_dict (a torch.save'd {type(obj).__name__})")
-    others = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    others = [shown(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if others or not obj:
         detail = f"entries that are not tensors: {', '.join(others[:5])}" if others else "no tensors"
         raise WeightsError(f"{path}: not a state_dict ({detail}); expected name -> tensor, bare or under "
@@ -94,20 +110,40 @@ def strip_prefixes(name: str) -> str:
     return name
 
 
-def read_file(path: str | Path, spec: ResNetSpec, fmt: str) -> dict[str, np.ndarray]:
+def file_array(tensor: torch.Tensor) -> tuple[np.ndarray, str | None]:
+    """A tensor as its file holds it: NumPy in its own dtype, and the dtype's name where NumPy has none.
+
+    bfloat16 is widened exactly to float32 (and named, so check_state notes the
+    conversion); float8 and other dtypes NumPy lacks become a shape only, which
+    check_state refuses by the dtype named.
+    """
+    tensor = tensor.detach().cpu()
+    name = str(tensor.dtype).removeprefix("torch.")
+    if tensor.dtype == torch.bfloat16:
+        return tensor.to(torch.float32).numpy(), name
+    try:
+        return tensor.numpy(), None
+    except (TypeError, RuntimeError):  # no NumPy dtype, or not a dense tensor
+        return np.broadcast_to(np.uint8(0), tuple(tensor.shape)), name
+
+
+def read_file(path: str | Path, spec: ResNetSpec, fmt: str) -> State:
     """A torch.save'd state_dict (ours, torchvision's, timm's) -> canonical state, refused whole unless it fits."""
     check_format(fmt)
     path = Path(path)
     state_dict = unwrap(load(path), path)
-    renamed: dict[str, np.ndarray] = {}
+    state: dict[str, np.ndarray] = {}
+    dtypes: dict[str, str] = {}
     for key, tensor in state_dict.items():
         name = strip_prefixes(str(key))
-        if name in renamed:
-            raise WeightsError(f"{path}: {name!r} appears twice (with and without a wrapper prefix)")
-        renamed[name] = to_numpy(tensor)  # bf16/fp16 files too
-    state = from_torchvision(renamed)  # drops BN's num_batches_tracked counters
-    check_state(spec, state, source=str(path))
-    return state
+        if name in state:
+            raise WeightsError(f"{path}: {shown(name)} appears twice (with and without a wrapper prefix)")
+        if is_canonical(name):  # BN's num_batches_tracked counters are not weights: dropped
+            state[name], dtype = file_array(tensor)
+            if dtype is not None:
+                dtypes[name] = dtype
+    # torchvision's and timm's names are the canonical ones; dtypes and values are checked before any cast.
+    return check_state(spec, state, source=str(path), dtypes=dtypes)
 
 
 # -- writing --------------------------------------------------------------------------------

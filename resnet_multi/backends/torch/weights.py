@@ -53,7 +53,7 @@ def to_canonical(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 def from_canonical(model: torch.nn.Module, state: Mapping[str, np.ndarray]) -> None:
     """Load a canonical state into the model: all or nothing (checked against model.spec first)."""
-    check_state(model.spec, state)
+    state = check_state(model.spec, state)  # names, shapes, dtypes and values; float32 from here
     keys = canonical_keys(model)
     if set(keys) != set(state):  # the model disagrees with its own spec: a bug here, not bad input
         raise WeightsError(f"torch model of {model.spec.name} has names outside the canonical state: "
