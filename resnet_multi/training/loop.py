@@ -282,6 +282,9 @@ def train(config: TrainConfig, progress: Progress | None = None,
         raise UserError(f"{spec.name} has {spec.num_classes} classes; {config.dataset} needs {wanted.num_classes}")
     history: list[dict[str, Any]] = []
     start_epoch = 0
+    if not config.resume and ckpt_path.exists():  # a trained run is never overwritten by a fresh one
+        raise UserError(f"{out} already holds a run ({ckpt_path.name}): continue it with --resume, "
+                        f"or train into another --out")
     if config.resume:
         if not ckpt_path.is_file():
             raise UserError(f"nothing to resume: {ckpt_path} does not exist (start without --resume)")

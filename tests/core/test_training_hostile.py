@@ -63,6 +63,17 @@ def test_good_numbers_pass():
     check_config(TrainConfig(model="resnet20", backend="torch", lr=np.float32(0.1), epochs=np.int64(3)))
 
 
+def test_a_fresh_run_never_overwrites_a_trained_one(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.safetensors").write_bytes(b"a trained run")
+    with pytest.raises(UserError, match="already holds a run.*--resume") as info:
+        train(config(tmp_path), Progress(enabled=False))
+    one_line(info.value)
+    assert (run / "checkpoint.safetensors").read_bytes() == b"a trained run"
+    assert [p.name for p in run.iterdir()] == ["checkpoint.safetensors"]
+
+
 def test_out_naming_a_file_is_one_line_and_leaves_it(tmp_path):
     existing = tmp_path / "notes.txt"
     existing.write_text("keep me")
