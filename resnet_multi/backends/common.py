@@ -1,7 +1,8 @@
 """What the four backends share, written once (as Keras keeps its backend/common).
 
 Framework-free: device strings, the bench modes, precision checks, the names
-of the optimizer state and the attribute name of a layer inside its block.
+and the check of the optimizer state, and the attribute name of a layer
+inside its block.
 The core's own shared pieces a backend also uses live in the core:
 ``resnet_multi.files.atomic_write`` (every writer), the kernel layouts in
 ``resnet_multi.weights.layouts`` and ``resnet_multi.timing``.
@@ -9,11 +10,12 @@ The core's own shared pieces a backend also uses live in the core:
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from resnet_multi.arch.plan import plan
 from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.errors import DeviceUnavailable, PrecisionUnavailable
+from resnet_multi.weights.canonical import WeightsError, check_tensors
 
 # -- devices ---------------------------------------------------------------------------
 
@@ -78,6 +80,21 @@ MOMENTUM_PREFIX = "momentum."
 def momentum_shapes(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
     """'momentum.<canonical parameter name>' -> the buffer's shape: what optimizer_state() holds."""
     return {MOMENTUM_PREFIX + name: tuple(shape) for name, shape in plan(spec).param_shapes().items()}
+
+
+def check_momentum_state(spec: ResNetSpec, state: Mapping[str, object], momentum: float) -> None:
+    """The all-or-nothing check of load_optimizer_state, the same in every backend.
+
+    An empty state is always fine (it clears the buffers). Otherwise every
+    trainable parameter needs its buffer with the parameter's shape, and the
+    step must have momentum: plain SGD keeps no buffers to load them into.
+    """
+    if not state:
+        return
+    check_tensors(momentum_shapes(spec), state, f"optimizer state does not fit {spec.name}")
+    if not momentum:
+        raise WeightsError(f"optimizer state holds {len(state)} momentum buffers, but this step's SGD has "
+                           "momentum 0; nothing loaded")
 
 
 def momentum_of(name: str) -> str:

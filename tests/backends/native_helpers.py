@@ -1,15 +1,18 @@
-"""Small helpers the backends' native test files share (tiny specs, batches, tolerances)."""
+"""Small helpers the backend test files share: tiny specs, batches, tolerances, seeded models, skips."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
+import pytest
 
 from resnet_multi.arch import presets
 from resnet_multi.arch.spec import Stage
+from resnet_multi.weights.canonical import init_weights
 
 RTOL = 1e-4  # logits within RTOL * max(1, max |logits|), as the parity suite
+TIMING_KEYS = {"median_s", "min_s", "max_s", "stdev_s", "images_per_s", "repeats", "warmup", "batch"}
 
 
 def tol(logits) -> float:
@@ -36,3 +39,28 @@ def batch(spec, n=4, size=(9, 11), seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, spec.in_channels, *size)).astype(np.float32)
     return x, (np.arange(n) % spec.num_classes).astype(np.int64)
+
+
+def model(face, spec, seed=0):
+    """The backend's model on the CPU holding seeded weights with random BN affine parameters and statistics."""
+    return face.build(spec, device="cpu", seed=seed, state=init_weights(spec, seed, perturb_bn=True))
+
+
+def only(backend_name: str, fixture_name: str):
+    """A fixture ``fixture_name``: the face of ``backend_name``; under every other backend the test skips
+    before that face is asked for (so a native file is collected everywhere, and runs in its own environment)."""
+
+    @pytest.fixture(scope="module", name=fixture_name)
+    def the_face(backend, request):
+        if backend != backend_name:
+            pytest.skip(f"{backend_name}-only test")
+        return request.getfixturevalue("face")
+
+    return the_face
+
+
+def check_bench(result, mode, batch, precision="fp32"):
+    """What every benchmark result holds, whichever backend and model timed it."""
+    assert TIMING_KEYS | {"mode", "precision", "practice"} <= set(result)
+    assert result["mode"] == mode and result["precision"] == precision and result["batch"] == batch
+    assert result["median_s"] > 0 and result["images_per_s"] > 0

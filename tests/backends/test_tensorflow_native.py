@@ -1,11 +1,13 @@
-"""Tests only the tensorflow backend has: keras.applications' zoo, Keras weights files, the SGD step, the bench.
+"""Tests only the tensorflow backend has: its spellings, keras.applications' zoo, Keras's own API on our files
+and layers.
 
-Each test skips unless the backend under test is tensorflow (fixture ``tf_face``),
-so the file is collected everywhere but runs (and must pass) only in the
-tensorflow environment. TensorFlow and Keras are imported inside the tests (and
-fixtures), never at module level. The tests go through the backend's face
-(resnet_multi.backend("tensorflow")), and through its modules for what only
-TensorFlow has (face.module("model"), ...).
+What every backend promises (devices, build, file round trips, the SGD step,
+the optimizer state, precisions, the bench) is tested once for all four in
+test_contract.py; here is what needs Keras's or TensorFlow's own API. Each test
+skips unless the backend under test is tensorflow (fixture ``tf_face``), so the
+file is collected everywhere but runs (and must pass) only in the tensorflow
+environment. TensorFlow and Keras are imported inside the tests (and fixtures),
+never at module level.
 """
 
 from __future__ import annotations
@@ -21,26 +23,12 @@ from resnet_multi.run.convert import convert
 from resnet_multi.weights.canonical import WeightsError, init_weights, load_state, save_state
 from resnet_multi.weights.zoo_names import canonical_from_keras, keras_applications_layer
 
-from .native_helpers import batch as _batch
-from .native_helpers import cross_entropy as _cross_entropy
-from .native_helpers import tiny as _tiny
-from .native_helpers import tol as _tol
+from .native_helpers import batch, model, only, tiny, tol
 
 ZOO = {"resnet50_v1": "ResNet50", "resnet50_v2": "ResNet50V2"}  # our preset -> keras.applications builder
 ODD_SIZE = (3, 35, 33)  # keras.applications' top needs 32x32 at least; odd sides exercise the padding
-RTOL = 1e-4  # logits within RTOL * max(1, max |logits|), as the parity suite
 
-
-@pytest.fixture(scope="module")
-def tf_face(backend, request):
-    """The tensorflow face; every other backend skips (before its face is asked for)."""
-    if backend != "tensorflow":
-        pytest.skip("tensorflow-only test")
-    return request.getfixturevalue("face")
-
-
-def _model(face, spec, seed=0):
-    return face.build(spec, device="cpu", state=init_weights(spec, seed, perturb_bn=True))
+tf_face = only("tensorflow", "tf_face")
 
 
 def _keras_logits(model, x) -> np.ndarray:
@@ -51,27 +39,15 @@ def _keras_logits(model, x) -> np.ndarray:
 # -- devices ---------------------------------------------------------------------------------------
 
 
-def test_devices_and_device_forms(tf_face):
-    """Every accepted device form -> TensorFlow's spelling; devices() lists what TensorFlow sees, so spelt."""
-    from resnet_multi.errors import DeviceUnavailable
-
+def test_device_spelling(tf_face):
+    """TensorFlow's spelling ('CPU:0', 'GPU:N'), its own forms ('/device:CPU:0') accepted too."""
     seen = tf_face.devices()
     gpus = [d for d in seen if d.startswith("GPU:")]
     assert seen[0] == "CPU:0" and set(seen) == {"CPU:0", *gpus}, seen
-    for form in ("cpu", "cpu:0", "CPU:0", "/device:CPU:0"):
+    for form in ("cpu", "cpu:0", "/device:CPU:0"):
         assert tf_face.resolve_device(form) == "CPU:0", form
-    assert tf_face.resolve_device("auto") == (gpus[0] if gpus else "CPU:0")
     if gpus:
-        for form in ("gpu", "gpu:0", "cuda", "cuda:0", "GPU:0"):
-            assert tf_face.resolve_device(form) == "GPU:0", form
-        assert tf_face.resolve_device(f"cuda:{len(gpus) - 1}") == gpus[-1]
-    else:
-        for form in ("gpu", "gpu:0", "cuda:1"):
-            with pytest.raises(DeviceUnavailable, match="sees no GPU"):
-                tf_face.resolve_device(form)
-    for form in ("tpu", "gpu:x", "cpu:1", f"gpu:{len(gpus)}"):
-        with pytest.raises(DeviceUnavailable):
-            tf_face.resolve_device(form)
+        assert tf_face.resolve_device("cuda") == tf_face.resolve_device("/GPU:0") == "GPU:0"
 
 
 # -- keras.applications' zoo ------------------------------------------------------------------------
@@ -137,9 +113,9 @@ def test_keras_applications_import(tf_face, zoo, arch, tmp_path):
     tf_face.from_canonical(ours, state)
     got = tf_face.forward(ours, x)
     ref = reference.run(spec, state, x)[0]["fc"]
-    tol = _tol(expected)
-    assert np.abs(got - expected).max() <= tol, f"our Keras model vs keras.applications {ZOO[arch]}"
-    assert np.abs(ref - expected).max() <= tol, f"NumPy reference vs keras.applications {ZOO[arch]}"
+    limit = tol(expected)
+    assert np.abs(got - expected).max() <= limit, f"our Keras model vs keras.applications {ZOO[arch]}"
+    assert np.abs(ref - expected).max() <= limit, f"NumPy reference vs keras.applications {ZOO[arch]}"
 
 
 def test_keras_applications_legacy_h5(tf_face, zoo):
@@ -171,7 +147,7 @@ def test_keras_applications_export(tf_face, zoo, arch, tmp_path):
     tf_face.from_canonical(ours, state)
     x = np.random.default_rng(3).standard_normal((2, *ODD_SIZE)).astype(np.float32)
     expected = _keras_logits(theirs, x)
-    assert np.abs(tf_face.forward(ours, x) - expected).max() <= _tol(expected)
+    assert np.abs(tf_face.forward(ours, x) - expected).max() <= tol(expected)
 
 
 def test_keras_applications_refuses_another_depth(tf_face, zoo):
@@ -187,23 +163,19 @@ def test_keras_applications_refuses_another_depth(tf_face, zoo):
 
 
 @pytest.mark.parametrize("name", ["resnet20", "gluon_resnet18_v2", "d2l_resnext18"])
-def test_native_round_trip(tf_face, name, tmp_path):
-    """write_file -> read_file is exact; Keras's own load_weights reads the file into our model."""
-    spec = _tiny(name)
+def test_keras_loads_our_file(tf_face, name, tmp_path):
+    """Keras's own load_weights reads write_file's .weights.h5 into our model, which then gives the reference's
+    logits through our forward and Keras's own. (That read_file gives the state back exactly: test_contract.py.)"""
+    spec = tiny(name)
     state = init_weights(spec, seed=4, perturb_bn=True)
     path = tmp_path / "w.weights.h5"
     tf_face.write_file(state, path, spec, "keras")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.weights.h5"]  # no temporary file left behind
-    back = tf_face.read_file(path, spec, "keras")
-    assert set(back) == set(state)
-    for k in state:
-        np.testing.assert_array_equal(back[k], state[k], err_msg=k)
-    model = tf_face.build(spec, device="cpu", seed=9)
-    model.load_weights(path)  # Keras's own API
-    x, _ = _batch(spec)
+    net = tf_face.build(spec, device="cpu", seed=9)
+    net.load_weights(path)  # Keras's own API
+    x, _ = batch(spec)
     expected = reference.run(spec, state, x)[0]["fc"]
-    assert np.abs(tf_face.forward(model, x) - expected).max() <= _tol(expected)
-    assert np.abs(_keras_logits(model, x) - expected).max() <= _tol(expected)
+    assert np.abs(tf_face.forward(net, x) - expected).max() <= tol(expected)
+    assert np.abs(_keras_logits(net, x) - expected).max() <= tol(expected)
 
 
 def _edit(src, dst, edit):
@@ -227,7 +199,7 @@ def _vars(f, layer: str):
 
 def test_refuse_mismatched_file(tf_face, tmp_path):
     """Missing, unexpected and mis-shaped tensors are all listed, in canonical names, and nothing is returned."""
-    spec = _tiny("resnet20")
+    spec = tiny("resnet20")
     good = tmp_path / "good.weights.h5"
     tf_face.write_file(init_weights(spec), good, spec, "keras")
 
@@ -260,185 +232,30 @@ def test_refuse_mismatched_file(tf_face, tmp_path):
         tf_face.read_file(extra, spec, "keras")
 
 
-def test_refuse_unreadable_files(tf_face, tmp_path):
-    """Truncated, empty, foreign or missing files: one line each, WeightsError."""
-    spec = _tiny("resnet20")
-    good = tmp_path / "good.weights.h5"
-    tf_face.write_file(init_weights(spec), good, spec, "keras")
-    data = good.read_bytes()
-    cases = {"truncated.weights.h5": data[: len(data) // 2], "empty.weights.h5": b"",
-             "text.weights.h5": b"not a weights file\n" * 4}
-    for name, blob in cases.items():
-        (tmp_path / name).write_bytes(blob)
-    for name in [*cases, "missing.weights.h5"]:
-        for fmt in ("keras", "keras-applications"):
-            arch = spec if fmt == "keras" else presets.get("resnet50_v1")
-            with pytest.raises(WeightsError) as info:
-                tf_face.read_file(tmp_path / name, arch, fmt)
-            text = str(info.value)
-            assert "\n" not in text and name in text, text
-    with pytest.raises(WeightsError, match="torch"):
-        tf_face.read_file(good, spec, "torch")
-
-
-def test_write_refuses_bad_state(tf_face, tmp_path):
-    spec = _tiny("resnet20")
-    state = init_weights(spec)
-    with pytest.raises(WeightsError, match=r"\.weights\.h5"):
-        tf_face.write_file(state, tmp_path / "w.h5", spec, "keras")
-    state["fc.weight"] = state["fc.weight"][:, :3]
-    with pytest.raises(WeightsError, match="fc.weight"):
-        tf_face.write_file(state, tmp_path / "w.weights.h5", spec, "keras")
+def test_write_needs_the_keras_suffix(tf_face, tmp_path):
+    """Keras 3 saves weights only as *.weights.h5: another name is refused before anything is written."""
+    spec = tiny("resnet20")
+    for fmt in ("keras", "keras-applications"):
+        with pytest.raises(WeightsError, match=r"\.weights\.h5"):
+            tf_face.write_file(init_weights(spec), tmp_path / "w.h5", spec, fmt)
     assert list(tmp_path.iterdir()) == []
 
 
-# -- the training step ---------------------------------------------------------------------------
+# -- the training step: Keras's dtype policies -------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["resnet20", "gluon_resnet18_v2", "d2l_resnet18", "resnet50_v1"])
-def test_first_step_matches_reference(tf_face, name):
-    """Loss before the update = the reference's train-mode cross-entropy; moving stats as the spec says."""
-    spec = _tiny(name)
-    model = _model(tf_face, spec, seed=5)
-    state = tf_face.to_canonical(model)
-    x, labels = _batch(spec)
-    acts, ref_state = reference.run(spec, state, x, train=True)
-    step = tf_face.make_train_step(model, lr=0.05)
-    loss = step(x, labels)
-    expected = _cross_entropy(acts["fc"], labels)
-    assert abs(loss - expected) <= 1e-5 * abs(expected), (loss, expected)
-    after = tf_face.to_canonical(model)
-    for k in state:
-        if k.endswith(("running_mean", "running_var")):
-            np.testing.assert_allclose(after[k], ref_state[k], rtol=1e-5, atol=1e-6, err_msg=k)
-
-
-def _fd_grad(spec, state, x, labels, name, index, eps=1e-6) -> float:
-    """d loss / d param[index] by central differences on the float64 NumPy reference, train-mode BN."""
-    values = []
-    for delta in (eps, -eps):
-        nudged = {k: np.asarray(v, np.float64) for k, v in state.items()}
-        nudged[name] = nudged[name].copy()
-        nudged[name][index] += delta
-        values.append(_cross_entropy(reference.run(spec, nudged, x, train=True)[0]["fc"], labels))
-    return (values[0] - values[1]) / (2 * eps)
-
-
-def test_sgd_update_convention(tf_face):
-    """Two SGD steps with momentum and weight decay against float64 finite-difference gradients:
-    b1 = g1 + wd * w0, w1 = w0 - lr * b1; b2 = m * b1 + g2 + wd * w1 (torch.optim.SGD)."""
-    spec = _tiny("resnet20")
-    model = _model(tf_face, spec, seed=6)
-    x, labels = _batch(spec, n=4, size=(6, 6), seed=6)
-    lr, m, wd = 0.1, 0.9, 0.01
-    probes = [("conv1.weight", (1, 0, 1, 2)), ("layer1.0.bn1.weight", (3,)),
-              ("layer2.0.downsample.0.weight", (5, 2, 0, 0)), ("fc.bias", (2,))]
-    step = tf_face.make_train_step(model, lr=lr, momentum=m, weight_decay=wd)
-    buffers = []
-    for _ in range(2):
-        state = tf_face.to_canonical(model)
-        w = {n: float(state[n][i]) for n, i in probes}
-        grads = {n: _fd_grad(spec, state, x, labels, n, i) for n, i in probes}
-        step(x, labels)
-        opt = tf_face.optimizer_state(step)
-        after = tf_face.to_canonical(model)
-        for n, i in probes:
-            buf = float(opt[f"momentum.{n}"][i])
-            prev = m * buffers[-1][n] if buffers else 0.0
-            want = prev + grads[n] + wd * w[n]
-            assert buf == pytest.approx(want, rel=1e-4, abs=1e-7), (n, buf, want)
-            assert float(after[n][i]) - w[n] == pytest.approx(-lr * buf, rel=1e-3, abs=1e-7), n
-        buffers.append({n: float(opt[f"momentum.{n}"][i]) for n, i in probes})
-
-
-def test_loss_decreases(tf_face):
-    spec = _tiny("resnet20")
-    model = _model(tf_face, spec, seed=7)
-    x, labels = _batch(spec, n=8, size=(8, 8), seed=7)
-    step = tf_face.make_train_step(model, lr=0.05, momentum=0.9)
-    losses = [step(x, labels) for _ in range(6)]
-    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.7 * losses[0], losses
-
-
-def test_optimizer_state_resumes_identically(tf_face):
-    spec = _tiny("d2l_resnext18")
-    x, labels = _batch(spec, n=4, size=(12, 12), seed=8)
-    hyper = dict(lr=0.05, momentum=0.9, weight_decay=1e-3)
-    a = _model(tf_face, spec, seed=8)
-    step_a = tf_face.make_train_step(a, **hyper)
-    assert tf_face.optimizer_state(step_a) == {}  # no buffers before the first step, as torch
-    for _ in range(2):
-        step_a(x, labels)
-    saved_w, saved_opt = tf_face.to_canonical(a), tf_face.optimizer_state(step_a)
-    from resnet_multi.arch.plan import plan
-
-    assert set(saved_opt) == {f"momentum.{k}" for k in plan(spec).param_shapes()}
-    for k, v in saved_opt.items():  # canonical (PyTorch) layout
-        assert v.shape == saved_w[k[len("momentum."):]].shape, k
-
-    b = tf_face.build(spec, device="cpu")
-    tf_face.from_canonical(b, saved_w)
-    step_b = tf_face.make_train_step(b, **hyper)
-    tf_face.load_optimizer_state(step_b, saved_opt)
-    for _ in range(2):
-        assert step_a(x, labels) == step_b(x, labels)
-    wa, wb = tf_face.to_canonical(a), tf_face.to_canonical(b)
-    for k in wa:
-        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
-
-    bad = dict(saved_opt)
-    bad.pop("momentum.fc.bias")
-    bad["momentum.conv1.weight"] = np.zeros(3, np.float32)
-    with pytest.raises(WeightsError, match="missing 1: momentum.fc.bias.*mis-shaped 1: momentum.conv1.weight"):
-        tf_face.load_optimizer_state(step_b, bad)
-    tf_face.load_optimizer_state(step_b, {})  # a fresh optimizer
-    assert tf_face.optimizer_state(step_b) == {}
-    plain = tf_face.make_train_step(b, lr=0.05)
-    with pytest.raises(WeightsError, match="momentum 0"):
-        tf_face.load_optimizer_state(plain, saved_opt)
-
-
-def test_mixed_precision_step(tf_face):
-    """bf16 and fp16 (Keras mixed policies) follow fp32 closely; the model stays fp32 for forward()."""
-    spec = _tiny("d2l_resnet18")  # unbiased running variance: our own BN subclass under mixed precision too
-    x, labels = _batch(spec, n=4, size=(16, 16), seed=9)
-    fp32 = tf_face.make_train_step(_model(tf_face, spec, seed=9))(x, labels)
+def test_mixed_precision_keeps_float32_layers(tf_face):
+    """A bf16 or fp16 step (Keras mixed policies) leaves every layer of the model on the float32 policy.
+    (That its loss follows fp32: test_contract.py.)"""
+    spec = tiny("d2l_resnet18")  # unbiased running variance: our own BN subclass under mixed precision too
+    x, labels = batch(spec, n=4, size=(16, 16), seed=9)
     for precision in ("bf16", "fp16"):
-        model = _model(tf_face, spec, seed=9)
-        loss = tf_face.make_train_step(model, precision=precision)(x, labels)
-        assert loss == pytest.approx(fp32, rel=3e-2), precision
-        assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
-        assert tf_face.forward(model, x).dtype == np.float32
-    with pytest.raises(ValueError, match="precision"):
-        tf_face.make_train_step(_model(tf_face, spec), precision="fp8")
+        net = model(tf_face, spec, seed=9)
+        tf_face.make_train_step(net, precision=precision)(x, labels)
+        assert {layer.dtype_policy.name for layer in net.layers} == {"float32"}, precision
 
 
 # -- the bench ---------------------------------------------------------------------------------------
-
-TIMING_KEYS = {"median_s", "min_s", "max_s", "stdev_s", "images_per_s", "repeats", "warmup", "batch"}
-
-
-@pytest.mark.parametrize("mode", ["infer", "train"])
-def test_bench_contract(tf_face, mode):
-    spec = _tiny("d2l_resnet18")
-    model = _model(tf_face, spec)
-    before = tf_face.to_canonical(model)
-    x, _ = _batch(spec, n=2, size=(32, 32))
-    result = tf_face.benchmark(model, x, mode=mode, repeats=2, warmup=1)
-    assert TIMING_KEYS | {"mode", "precision", "practice"} <= set(result)
-    assert result["mode"] == mode and result["precision"] == "fp32" and result["batch"] == 2
-    assert "jit_compile" in result["practice"] and "NHWC" in result["practice"]
-    assert "peak_memory_mb" not in result  # CPU: TensorFlow reports no peak
-    assert result["median_s"] > 0
-    # The model is left as it was found: weights and moving statistics.
-    after = tf_face.to_canonical(model)
-    for k in before:
-        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
-    if mode == "infer":
-        bf16 = tf_face.benchmark(model, x, mode=mode, precision="bf16", repeats=1, warmup=1)
-        assert "mixed_bfloat16" in bf16["practice"]
-    with pytest.raises(ValueError):
-        tf_face.benchmark(model, x, mode="eval")
 
 
 def test_bench_native_is_keras_applications(tf_face, zoo):

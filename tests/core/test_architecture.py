@@ -35,7 +35,7 @@ ALLOWED = {
     "base": {"base"},
     "arch": {"base"},
     "weights": {"arch", "base"},
-    "common": {"arch", "base"},
+    "common": {"weights", "arch", "base"},
     "backends": {"common", "arch", "weights", "base"},
     "faces": {"arch", "base"},
     "numerics": {"faces", "weights", "arch", "base"},

@@ -48,7 +48,7 @@ import optax
 from flax import nnx
 
 from resnet_multi.backends import common
-from resnet_multi.weights.canonical import WeightsError, check_tensors
+from resnet_multi.weights.canonical import WeightsError
 from resnet_multi.weights.layouts import from_channels_last, to_channels_last
 
 from .model import mode_view, model_device, to_nhwc
@@ -200,8 +200,7 @@ def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> No
     trainable parameter needs its buffer, with the parameter's shape.
     """
     want = common.momentum_shapes(step.model.spec)
-    if state:
-        check_tensors(want, state, f"optimizer state does not fit {step.model.spec.name}")
+    common.check_momentum_state(step.model.spec, state, step.momentum)
     traces = step.traces()
     if traces and set(traces) != {common.momentum_of(k) for k in want}:  # model vs its spec: a bug here
         raise WeightsError(f"flax model of {step.model.spec.name} has parameters outside its spec")

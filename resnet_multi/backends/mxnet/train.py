@@ -37,9 +37,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon, nd
 
-from resnet_multi.backends.common import MOMENTUM_PREFIX, check_precision, momentum_shapes
+from resnet_multi.backends.common import MOMENTUM_PREFIX, check_momentum_state, check_precision
 from resnet_multi.errors import UserError
-from resnet_multi.weights.canonical import WeightsError, check_tensors
 
 from .model import ResNet, context_of
 from .weights import parameters
@@ -123,11 +122,7 @@ def optimizer_state(step: TrainStep) -> dict[str, np.ndarray]:
 
 def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> None:
     """Set the momentum states from optimizer_state()'s dict: all or nothing; an empty dict clears them."""
-    if state:
-        spec = step.model.spec
-        check_tensors(momentum_shapes(spec), state, f"optimizer state does not fit {spec.name}")
-        if not step.optimizer.momentum:
-            raise WeightsError("momentum buffers given, but this step's SGD has momentum 0")
+    check_momentum_state(step.model.spec, state, step.optimizer.momentum)
     step.updater.states.clear()
     step.updater.states_synced.clear()
     for index, name in enumerate(step.params):

@@ -44,8 +44,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from resnet_multi.backends.common import MOMENTUM_PREFIX, check_precision, momentum_shapes
-from resnet_multi.weights.canonical import WeightsError, check_tensors
+from resnet_multi.backends.common import MOMENTUM_PREFIX, check_momentum_state, check_precision, momentum_shapes
+from resnet_multi.weights.canonical import WeightsError
 from resnet_multi.weights.layouts import from_channels_last, to_channels_last
 
 from .model import device_of
@@ -186,17 +186,13 @@ def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> No
     trainable parameter needs its buffer, with the parameter's shape.
     """
     spec = step.model.spec
+    check_momentum_state(spec, state, step.momentum)
     if step.momentum == 0:  # plain SGD keeps no buffers
-        if state:
-            raise WeightsError(f"optimizer state holds {len(state)} momentum buffers, but this step has "
-                               f"momentum 0; nothing loaded")
         return
     want = momentum_shapes(spec)
     buffers = _buffers(step)
     if set(want) != {MOMENTUM_PREFIX + k for k in buffers}:  # the model disagrees with its spec: a bug here
         raise WeightsError(f"Keras model of {spec.name} has trainable variables outside its spec")
-    if state:
-        check_tensors(want, state, f"optimizer state does not fit {spec.name}")
     for name, buffer in buffers.items():
         if state:
             value = to_channels_last(np.asarray(state[MOMENTUM_PREFIX + name], dtype=np.float32))

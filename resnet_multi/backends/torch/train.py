@@ -32,9 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from resnet_multi.backends.common import MOMENTUM_PREFIX, check_precision, momentum_shapes
+from resnet_multi.backends.common import MOMENTUM_PREFIX, check_momentum_state, check_precision, momentum_shapes
 from resnet_multi.errors import PrecisionUnavailable
-from resnet_multi.weights.canonical import WeightsError, check_tensors
+from resnet_multi.weights.canonical import WeightsError
 
 from .model import FRAMEWORK
 from .weights import from_numpy, parameters, to_numpy
@@ -121,8 +121,7 @@ def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> No
     want = momentum_shapes(step.model.spec)
     if set(want) != {MOMENTUM_PREFIX + k for k in params}:  # the model disagrees with its spec: a bug here
         raise WeightsError(f"torch model of {step.model.spec.name} has parameters outside its spec")
-    if state:
-        check_tensors(want, state, f"optimizer state does not fit {step.model.spec.name}")
+    check_momentum_state(step.model.spec, state, step.optimizer.defaults["momentum"])
     with torch.no_grad():
         for name, param in params.items():
             if not state:
