@@ -33,6 +33,7 @@ def check_backend(backend: str, device: str, batch: int, size: int, repeats: int
     face = faces.backend(backend)
     result["framework_version"] = face.version()
     result["device"] = face.resolve_device(device)
+    result["devices"] = face.devices()
 
     spec = get("resnet50")
     shape = (3, size, size)
@@ -100,7 +101,8 @@ def _print(res: dict[str, Any]) -> None:
     if "error" in res:
         print(f"== {name}: ERROR {res['error']}")
         return
-    print(f"== {name} {res['framework_version']} on {res['device']} ({res['seconds']} s)")
+    print(f"== {name} {res['framework_version']} on {res['device']} ({res['seconds']} s; sees "
+          f"{', '.join(res['devices'])})")
     for row in res["layers"]:
         print(f"   {row['name']:<10} {'x'.join(map(str, row['output_shape'])):>14} {row['params']:>12,} "
               f"{row['buffers']:>8,}")
