@@ -11,6 +11,7 @@ import argparse
 import math
 
 from resnet_multi import faces
+from resnet_multi.arch import presets
 from resnet_multi.errors import UserError
 
 
@@ -84,6 +85,15 @@ def backends_arg(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list of backends, got {text!r}")
     return list(dict.fromkeys(names))  # each once, in the order given
+
+
+def preset_arg(text: str) -> str:
+    """A preset's name (not a spec file): an unknown one is argparse's one-line error, with a suggestion."""
+    try:
+        presets.get(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def path_arg(text: str) -> str:

@@ -136,6 +136,23 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
             "framework_version": face.version(), "input_shape": list(shape), **result}
 
 
+def cmd_weights_list(args: argparse.Namespace) -> dict[str, Any]:
+    from resnet_multi.weights import registry
+
+    found = [e.to_dict() for e in registry.entries(args.arch)]
+    notes = [f"no published weights for {args.arch}"] if args.arch and not found else []
+    return {"weights": found, **({"notes": notes} if notes else {})}
+
+
+def cmd_weights_show(args: argparse.Namespace) -> dict[str, Any]:
+    from resnet_multi.weights import registry
+
+    entry = registry.get(args.arch, args.name)
+    return {**entry.to_dict(), "host": entry.host,
+            "preprocessing_text": registry.describe_preprocessing(entry.preprocessing),
+            "category_count": len(registry.categories(entry.data["categories"]))}
+
+
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "list": (cmd_list, fmt.format_list),
     "summary": (cmd_summary, fmt.format_layer_table),
@@ -144,6 +161,8 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "convert": (cmd_convert, fmt.format_convert),
     "train": (cmd_train, fmt.format_train),
     "bench": (cmd_bench, fmt.format_bench),
+    "weights list": (cmd_weights_list, fmt.format_weights_list),
+    "weights show": (cmd_weights_show, fmt.format_weights_show),
 }
 
 
@@ -297,6 +316,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     _add_allow_large(p)
+
+    p = sub.add_parser("weights", help="the registry of published pretrained weights",
+                       description="The registry of published ImageNet weights (torchvision, keras.applications, "
+                                   "the Gluon model zoo): where each file is, its checksum, format, the source's "
+                                   "preprocessing and accuracy, each read from the framework's own sources.")
+    wsub = p.add_subparsers(dest="weights_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    wsub.required = True
+    w = wsub.add_parser("list", parents=[with_json], help="every entry: preset, name, format, top-1, host",
+                        description="List the registry's entries: preset, name, format, top-1 accuracy, host.")
+    w.add_argument("--arch", type=arg.preset_arg, metavar="PRESET", help="only this preset's entries")
+    w = wsub.add_parser("show", parents=[with_json], help="one entry, every field",
+                        description="Every field of one entry, its preprocessing in words, and where each fact "
+                                    "came from.")
+    w.add_argument("arch", type=arg.preset_arg, metavar="ARCH", help="the preset, e.g. resnet50")
+    w.add_argument("name", type=arg.path_arg, metavar="NAME", help="the entry's name, e.g. torchvision/IMAGENET1K_V2")
     return parser
 
 
@@ -317,18 +351,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error (already one line)
         return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
-    run, render = COMMANDS[args.command]
+    command = args.command + (f" {args.weights_command}" if args.command == "weights" else "")
+    run, render = COMMANDS[command]
     try:
         report = run(args)
     except UserError as exc:
-        return _fail(args.command, _one_line(str(exc)))
+        return _fail(command, _one_line(str(exc)))
     except OSError as exc:
         if exc.filename is None:  # not about a file: a bug, or the system's own trouble
             raise
         names = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
-        return _fail(args.command, f"{names}: {exc.strerror or type(exc).__name__}")
+        return _fail(command, f"{names}: {exc.strerror or type(exc).__name__}")
     except KeyboardInterrupt:
-        print(f"resnet-multi {args.command}: interrupted", file=sys.stderr)
+        print(f"resnet-multi {command}: interrupted", file=sys.stderr)
         return 130
     text = fmt.strict_json(report) if args.json else fmt.with_notes(render(report), report)
     try:

@@ -176,3 +176,47 @@ def format_bench(report: dict[str, Any]) -> str:
             f"median {report['median_s'] * 1e3:.1f} ms (min {report['min_s'] * 1e3:.1f}, max "
             f"{report['max_s'] * 1e3:.1f}, {report['repeats']} repeats after {report['warmup']} warm-up): "
             f"{report['images_per_s']:.1f} images/s{mem}\npractice: {report.get('practice', '')}")
+
+
+def _top1(entry: dict[str, Any]) -> str:
+    top1 = entry.get("accuracy", {}).get("top1")
+    return "-" if top1 is None else f"{top1:.3f}"
+
+
+def format_weights_list(report: dict[str, Any]) -> str:
+    from urllib.parse import urlsplit
+
+    rows = [(e["arch"], e["name"], e["format"], _top1(e), urlsplit(e["url"]).hostname or "")
+            for e in report["weights"]]
+    if not rows:
+        return "no entries"
+    table = render_table(("arch", "name", "format", "top-1 %", "source host"), rows,
+                         (False, False, False, True, False))
+    return f"{table}\n{len(rows)} entries; 'resnet-multi weights show ARCH NAME' for one's every field"
+
+
+def format_weights_show(report: dict[str, Any]) -> str:
+    checksum, pre = report["checksum"], report["preprocessing"]
+    lines = [f"{report['arch']} {report['name']}",
+             f"url:           {report['url']}",
+             f"format:        {report['format']}"]
+    if "archive" in report:
+        lines.append(f"archive:       {report['archive']['kind']}, holding {report['archive']['member']}")
+    of = "" if checksum["of"] == "file" else f" (of the {checksum['of']})"
+    lines.append(f"checksum:      {checksum['algorithm']} {checksum['value']}{of}")
+    if "sha256" in report:
+        lines.append(f"sha256:        {report['sha256']}")
+    lines.append(f"preprocessing: {report['preprocessing_text']}")
+    lines.append(f"categories:    {report['categories']} ({report['category_count']} class names)")
+    if "accuracy" in report:
+        acc = report["accuracy"]
+        lines.append(f"accuracy:      top-1 {acc['top1']}%, top-5 {acc['top5']}% on {acc['dataset']}")
+    else:
+        lines.append("accuracy:      not published by the source")
+    lines += ["sources:", f"  entry:         {report['source']}", f"  checksum:      {checksum['source']}",
+              f"  preprocessing: {pre['source']}"]
+    if "accuracy" in report:
+        lines.append(f"  accuracy:      {report['accuracy']['source']}")
+    if "note" in report:
+        lines.append(f"note: {report['note']}")
+    return "\n".join(lines)

@@ -35,12 +35,8 @@ from resnet_multi.errors import UserError
 from resnet_multi.files import check_destination
 from resnet_multi.run.interpreters import child_env, find_python
 from resnet_multi.weights.canonical import expected_shapes, file_metadata, file_spec, load_state, save_state
+from resnet_multi.weights.formats import FORMATS
 
-# format -> backend that reads and writes it (None: the core)
-FORMATS: dict[str, str | None] = {
-    "canonical": None, "torch": "torch", "keras": "tensorflow", "keras-applications": "tensorflow",
-    "flax": "flax", "gluon": "mxnet", "gluon-zoo": "mxnet",
-}
 KERAS_APPLICATIONS = {"resnet50_v1", "resnet101_v1", "resnet152_v1", "resnet50_v2", "resnet101_v2", "resnet152_v2"}
 
 
