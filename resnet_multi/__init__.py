@@ -21,14 +21,15 @@ from resnet_multi.arch.shapes import layer_table
 from resnet_multi.arch.spec import BatchNorm, ResNetSpec, Stage, Stem, load_spec, save_spec
 from resnet_multi.errors import BackendUnavailable, DeviceUnavailable, PrecisionUnavailable, SpecError, UserError
 from resnet_multi.faces import BackendFace, backend
+from resnet_multi.weights import registry
 
 __version__ = "0.2.0"
 
 __all__ = [
     "BackendFace", "BackendUnavailable", "BatchNorm", "DeviceUnavailable", "PrecisionUnavailable", "ResNetSpec",
     "SpecError", "Stage", "Stem", "UserError", "backend", "backend_names", "backend_of", "build", "get_spec",
-    "layer_table", "list_presets", "load_spec", "load_weights", "plan", "register", "resolve", "save_spec",
-    "save_weights",
+    "layer_table", "list_presets", "load_spec", "load_weights", "plan", "register", "register_weights", "resolve", "save_spec",
+    "save_weights", "weights_info",
 ]
 
 
@@ -46,13 +47,31 @@ def backend_names() -> list[str]:
     return faces.names()
 
 
-def build(name_or_spec, backend: str = "torch", device: str = "auto", seed: int = 0, state=None):
+def build(name_or_spec, backend: str = "torch", device: str = "auto", seed: int = 0, state=None, weights=None):
     """The native model of `backend` (torch, tensorflow, flax, mxnet) for a preset, file or spec.
 
-    Its weights are the spec's seeded init, or ``state`` (a canonical state dict) when given.
+    Its weights are the spec's seeded init, ``state`` (a canonical state dict) when given, or ``weights``:
+    a weights name (``"torchvision/IMAGENET1K_V2"``: the registry's or one of ``register_weights``) or a
+    local weights file's path, downloaded, verified and converted once (docs/weights.md).
     """
     spec = resolve(name_or_spec)
+    if weights is not None:
+        if state is not None:
+            raise UserError("build: pass state= or weights=, not both")
+        from resnet_multi.run import fetch  # on use: downloads and conversions are not needed at import
+
+        state = fetch.load(spec, weights)
     return faces.backend(backend).build(spec, device=device, seed=seed, state=state)
+
+
+def register_weights(path_or_entries) -> list[registry.Entry]:
+    """Add user weights entries: a TOML file of ``[[weights]]`` tables (zoo.toml's fields), or the tables."""
+    return registry.register(path_or_entries)
+
+
+def weights_info(arch, name: str) -> registry.Entry:
+    """The entry of a weights name (``.preprocessing``, ``.categories``, ``.url``, ``.to_dict()``)."""
+    return registry.get(resolve(arch).name, name)
 
 
 # Where a native model's class comes from -> our backend name.

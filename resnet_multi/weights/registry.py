@@ -17,7 +17,13 @@ One ``[[weights]]`` table per entry, looked up by (preset, name):
   ``function`` (the source's own code for it) and ``source``;
 - ``[weights.accuracy]`` (where the source publishes one): ``dataset``, ``top1``, ``top5`` (percent), ``source``.
 
-Pure Python: no framework, no download (that is a later step).
+User entries (``register``, ``load_user_file``) have the same fields, with ``url`` an http(s) URL or a
+local path, ``sha256`` (required for a URL) in place of ``checksum``, ``source`` optional,
+``preprocessing`` a table or the name of an entry whose preprocessing to reuse (``ARCH:NAME`` where
+presets differ), and ``categories`` optional (a list name or a list of class names). They are listed
+after the built-in ones and never replace one.
+
+Pure Python: no framework, no download (that is resnet_multi/run/fetch.py).
 """
 
 from __future__ import annotations
@@ -56,9 +62,13 @@ class UnknownWeights(UserError, KeyError):
 
 @dataclass(frozen=True)
 class Entry:
-    """One registry entry; ``data`` is the validated table, the same as ``weights show --json`` prints."""
+    """One registry entry; ``data`` is the validated table, the same as ``weights show --json`` prints.
+
+    ``origin`` is ``"zoo"`` for the built-in ones, else where the user entry came from (a file, or ``"python"``).
+    """
 
     data: Mapping[str, Any]
+    origin: str = "zoo"
 
     @property
     def name(self) -> str:
@@ -79,6 +89,21 @@ class Entry:
     @property
     def preprocessing(self) -> Mapping[str, Any]:
         return self.data["preprocessing"]
+
+    @property
+    def sha256(self) -> str | None:
+        return self.data.get("sha256")
+
+    @property
+    def categories(self) -> list[str] | None:
+        """The class names in class-index order (None: the entry names none)."""
+        value = self.data.get("categories")
+        return categories(value) if isinstance(value, str) else (list(value) if value is not None else None)
+
+    @property
+    def is_local(self) -> bool:
+        """A user entry whose ``url`` is a path on this machine."""
+        return urlsplit(self.url).scheme not in ("http", "https")
 
     @property
     def top1(self) -> float | None:
@@ -141,6 +166,23 @@ def _url(value: Any) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.path not in ("", "/")
 
 
+def _url_or_path(value: Any) -> bool:
+    """an http(s) URL of a file or a local path"""
+    return _url(value) or (_text(value) and urlsplit(value).scheme in ("", "file") and "\x00" not in value)
+
+
+def _sha256(value: Any) -> bool:
+    """64 lower-case hex digits"""
+    return isinstance(value, str) and len(value) == 64 and bool(_HEX.match(value))
+
+
+def _category_value(value: Any) -> bool:
+    """a category list's name (imagenet-1k) or a list of different class names"""
+    if isinstance(value, str):
+        return value in CATEGORY_SETS
+    return isinstance(value, list) and bool(value) and all(_text(v) for v in value) and len(set(value)) == len(value)
+
+
 def _percent(value: Any) -> bool:
     """a percentage from 0 to 100"""
     return _number(value) and 0 <= value <= 100
@@ -171,10 +213,18 @@ FIELDS: dict[str, dict[str, tuple[Any, bool]]] = {
 }
 
 
-def _check_table(table: Any, kind: str, where: str) -> dict[str, Any]:
+# A user entry: a URL or a local path, its sha256 instead of the source's checksum, any class names.
+USER_FIELDS: dict[str, dict[str, tuple[Any, bool]]] = {
+    **FIELDS,
+    "": {**FIELDS[""], "url": (_url_or_path, True), "categories": (_category_value, False), "source": (_text, False),
+         "sha256": (_sha256, False), "checksum": (dict, False)},
+}
+
+
+def _check_table(table: Any, kind: str, where: str, schema: Mapping[str, Any] = FIELDS) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise RegistryError(f"{where}: expected a table, got {type(table).__name__}")
-    fields = FIELDS[kind]
+    fields = schema[kind]
     for key in table:
         if key not in fields:
             raise RegistryError(f"{where}.{key}: unknown field; known: {', '.join(fields)}")
@@ -186,7 +236,7 @@ def _check_table(table: Any, kind: str, where: str) -> dict[str, Any]:
             continue
         value = table[key]
         if check is dict:
-            out[key] = _check_table(value, key, f"{where}.{key}")
+            out[key] = _check_table(value, key, f"{where}.{key}", schema)
         elif not check(value):
             raise RegistryError(f"{where}.{key}: expected {check.__doc__}, got {value!r}")
         else:
@@ -196,18 +246,23 @@ def _check_table(table: Any, kind: str, where: str) -> dict[str, Any]:
 
 def check_entry(table: Any, where: str) -> Entry:
     """One ``[[weights]]`` table -> an Entry; any field of the wrong type or value is a RegistryError."""
-    data = _check_table(table, "", where)
+    return Entry(_check_data(_check_table(table, "", where), where))
+
+
+def _check_data(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """The checks across fields, for the built-in entries and the user's alike."""
     if "/" not in data["name"] or any(c.isspace() for c in data["name"]):
         raise RegistryError(f"{where}.name: expected SOURCE/TAG without spaces, got {data['name']!r}")
     if data["arch"] not in presets.names():
         raise RegistryError(f"{where}.arch: unknown preset {data['arch']!r}")
-    checksum = data["checksum"]
-    length, value = CHECKSUMS[checksum["algorithm"]], checksum["value"]
-    if not _HEX.match(value) or (len(value) != length if length else not 1 <= len(value) < 64):
-        raise RegistryError(f"{where}.checksum.value: not a {checksum['algorithm']} in lower-case hex: {value!r}")
-    if "sha256" in data and not (len(data["sha256"]) == 64 and _HEX.match(data["sha256"])):
+    checksum = data.get("checksum")
+    if checksum is not None:
+        length, value = CHECKSUMS[checksum["algorithm"]], checksum["value"]
+        if not _HEX.match(value) or (len(value) != length if length else not 1 <= len(value) < 64):
+            raise RegistryError(f"{where}.checksum.value: not a {checksum['algorithm']} in lower-case hex: {value!r}")
+    if "sha256" in data and not _sha256(data["sha256"]):
         raise RegistryError(f"{where}.sha256: expected 64 lower-case hex digits, got {data['sha256']!r}")
-    if (checksum["of"] == "archive member") != ("archive" in data):
+    if checksum is not None and (checksum["of"] == "archive member") != ("archive" in data):
         raise RegistryError(f"{where}.checksum.of: 'archive member' goes with an [archive] table, 'file' without")
     pre = data["preprocessing"]
     low, high = pre["value_range"]
@@ -219,7 +274,7 @@ def check_entry(table: Any, where: str) -> Entry:
         raise RegistryError(f"{where}.preprocessing.resize: {pre['resize']} is smaller than the input {pre['input_size']}")
     if "accuracy" in data and data["accuracy"]["top1"] > data["accuracy"]["top5"]:
         raise RegistryError(f"{where}.accuracy: top-1 above top-5")
-    return Entry(data)
+    return data
 
 
 def check_entries(tables: Any, where: str) -> list[Entry]:
@@ -262,10 +317,115 @@ def _entries() -> tuple[Entry, ...]:
 
 
 def entries(arch: str | None = None) -> list[Entry]:
-    """Every entry, in the file's order; with ``arch``, that preset's (an unknown preset is an error)."""
+    """Every entry, in the file's order, then the user's; with ``arch``, that preset's (an unknown preset is an
+    error)."""
     if arch is not None:
         presets.get(arch)  # UnknownPreset, with its suggestion
-    return [e for e in _entries() if arch is None or e.arch == arch]
+    return [e for e in (*_entries(), *_USER.values()) if arch is None or e.arch == arch]
+
+
+# -- user entries ----------------------------------------------------------------------------
+
+_USER: dict[tuple[str, str], Entry] = {}  # (arch, name) -> the user's entry, in the order registered
+
+
+def _reused_preprocessing(arch: Any, name: str, where: str) -> dict[str, Any]:
+    """The preprocessing of the entry called ``name`` (or ``ARCH:NAME``): of the same preset, else of any preset
+    if they agree (their ``source`` aside)."""
+    if ":" in name:
+        arch, name = name.split(":", 1)
+    same = [e for e in (*_entries(), *_USER.values()) if e.name == name]
+    mine = [e for e in same if e.arch == arch]
+    found = {repr({k: v for k, v in _plain(e.preprocessing).items() if k != "source"}): e for e in (mine or same)}
+    if not found:
+        close = difflib.get_close_matches(name, sorted({e.name for e in _entries()}), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise RegistryError(f"{where}: no entry {name!r} to reuse the preprocessing of{hint}")
+    if len(found) > 1:
+        raise RegistryError(f"{where}: the entries {name!r} of different presets preprocess differently; "
+                            f"name one as ARCH:{name} or give the table itself")
+    return _plain(next(iter(found.values())).preprocessing)
+
+
+def check_user_entry(table: Any, where: str, base: Path | None = None, origin: str = "python") -> Entry:
+    """A user's ``[[weights]]`` table -> an Entry (a relative local ``url`` is taken from ``base``)."""
+    if isinstance(table, Entry):
+        table = table.to_dict()
+    if not isinstance(table, Mapping):
+        raise RegistryError(f"{where}: expected a table, got {type(table).__name__}")
+    table = dict(table)
+    if isinstance(table.get("preprocessing"), str):
+        table["preprocessing"] = _reused_preprocessing(table.get("arch"), table["preprocessing"],
+                                                       f"{where}.preprocessing")
+    data = _check_table(table, "", where, USER_FIELDS)
+    if urlsplit(data["url"]).scheme in ("http", "https"):
+        if "sha256" not in data and "checksum" not in data:
+            raise RegistryError(f"{where}.sha256: missing (a URL's file is checked against it)")
+    else:
+        url = data["url"]
+        path = Path(url[len("file://"):] if url.startswith("file://") else url).expanduser()
+        data["url"] = str(path if path.is_absolute() or base is None else (base / path).resolve())
+    data = _check_data(data, where)
+    if "categories" in data:
+        given = data["categories"]
+        count = CATEGORY_SETS[given][1] if isinstance(given, str) else len(given)
+        classes = presets.get(data["arch"]).num_classes
+        if count != classes:
+            raise RegistryError(f"{where}.categories: {count} class names for the {classes} classes of {data['arch']}")
+    return Entry(data, origin)
+
+
+def load_user_file(path: str | Path) -> list[Entry]:
+    """The ``[[weights]]`` tables of a user's TOML file, checked (not registered: see ``register``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RegistryError(f"{path}: no such file")
+    data = _read_toml(path)
+    unknown = set(data) - {"weights"}
+    if unknown:
+        raise RegistryError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    return _check_user_entries(data.get("weights"), str(path), path.resolve().parent, str(path))
+
+
+def _check_user_entries(tables: Any, where: str, base: Path | None, origin: str) -> list[Entry]:
+    if not isinstance(tables, list) or not tables:
+        raise RegistryError(f"{where}: expected [[weights]] tables")
+    found: dict[tuple[str, str], Entry] = {}
+    builtin = {(e.arch, e.name) for e in _entries()}
+    for i, table in enumerate(tables):
+        entry = check_user_entry(table, f"{where}: weights[{i}]", base, origin)
+        key = (entry.arch, entry.name)
+        if key in found:
+            raise RegistryError(f"{where}: weights[{i}]: {entry.arch} {entry.name} is listed twice")
+        if key in builtin:
+            raise RegistryError(f"{where}: weights[{i}]: {entry.arch} {entry.name} is a built-in entry; "
+                                "give yours another name")
+        found[key] = entry
+    return list(found.values())
+
+
+def register(source: Any) -> list[Entry]:
+    """Add user entries: a TOML file's path, one table, a list of tables, or ``{"weights": [...]}``.
+
+    All are checked before any is added; one the user registered before under the same (preset, name)
+    is replaced, a built-in one never.
+    """
+    if isinstance(source, (str, Path)):
+        found = load_user_file(source)
+    else:
+        if isinstance(source, Mapping) and set(source) == {"weights"}:
+            source = source["weights"]
+        tables = [source] if isinstance(source, (Mapping, Entry)) else source
+        found = _check_user_entries(list(tables) if isinstance(tables, (list, tuple)) else tables, "entries",
+                                    None, "python")
+    for entry in found:
+        _USER[(entry.arch, entry.name)] = entry
+    return found
+
+
+def clear_user_entries() -> None:
+    """Forget every user entry (tests; a fresh start)."""
+    _USER.clear()
 
 
 def names(arch: str) -> list[str]:
@@ -280,7 +440,8 @@ def get(arch: str, name: str) -> Entry:
             return entry
     shown = repr(name) if len(name) <= 80 else repr(name[:80]) + "..."
     if not known:
-        raise UnknownWeights(f"no published weights for {arch}; see 'resnet-multi weights list'")
+        raise UnknownWeights(f"unknown weights {shown}: no published weights for {arch}; "
+                             "see 'resnet-multi weights list'")
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]}?" if close else ""
     raise UnknownWeights(f"unknown weights {shown} for {arch}; known: {', '.join(known)}{hint}")

@@ -42,7 +42,7 @@ ALLOWED = {
     "training": {"faces", "weights", "arch", "base"},
     "run": {"numerics", "faces", "weights", "arch", "base"},
     "cli": {"run", "training", "numerics", "faces", "weights", "arch", "base"},
-    "api": {"faces", "weights", "arch", "base"},
+    "api": {"run", "faces", "weights", "arch", "base"},
     "entry": {"cli", "run"},
 }
 
