@@ -26,7 +26,7 @@ EXTRA_PACKAGES = {"torch": ("torch==2.14.1", "torchvision==0.29.1"),
 
 
 def _install(session: nox.Session, extra: str | None) -> None:
-    extras = "test,data,plot" if extra is None else f"test,data,plot,{extra}"
+    extras = "test,data,plot,report" if extra is None else f"test,data,plot,report,{extra}"
     # Editable: the checkout is what runs, so a session tests the working tree.
     session.install("-e", f".[{extras}]", *EXTRA_PACKAGES.get(extra or "", ()))
 
@@ -70,9 +70,15 @@ def interop(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def compare(session: nox.Session) -> None:
-    """Main job: build the four backend environments, then compare the book's ResNet-18 across them."""
+    """Main job: build the four backend environments, then compare the book's ResNet-18 across them.
+
+    Prints compare's table and writes compare.png and the HTML report compare.html beside it
+    (arguments after -- replace the preset and options: ``nox -s compare -- resnet50 --repeats 3``).
+    """
     session.log("building the backend environments (first run: several GB, from the package index)")
     session.run(sys.executable, "-m", "nox", "-s", *BACKENDS, "--install-only", external=True)
-    session.install("-e", ".[plot]")
-    args = session.posargs or ["d2l_resnet18", "--plot", "compare.png"]
-    session.run("resnet-multi", "compare", *args)
+    session.install("-e", ".[plot,report]")
+    args = list(session.posargs or ["d2l_resnet18"])
+    if "--plot" not in args:
+        args += ["--plot", "compare.png"]
+    session.run("resnet-multi", "report", *args, "--html", "compare.html")

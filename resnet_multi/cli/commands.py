@@ -16,6 +16,7 @@ from resnet_multi.arch import presets
 from resnet_multi.arch.memory import check_model_fits
 from resnet_multi.cli import arguments as arg
 from resnet_multi.cli import formatting as fmt
+from resnet_multi.cli.report import format_report
 from resnet_multi.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -85,6 +86,15 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     for backend, why in report["failed"].items():
         print(f"resnet-multi compare: {backend} failed: {why}", file=sys.stderr)
     return report
+
+
+def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
+    from resnet_multi.cli.report import check_report_destination, write_report
+
+    check_report_destination(args.html)  # before the run: its folder, and Pygments
+    report = cmd_compare(args)
+    summary = write_report(report, args.html)
+    return summary if args.json else {**summary, "compare": report}  # the readable form prints compare's table
 
 
 def cmd_convert(args: argparse.Namespace) -> dict[str, Any]:
@@ -158,6 +168,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "summary": (cmd_summary, fmt.format_layer_table),
     "parity": (cmd_parity, fmt.format_parity),
     "compare": (cmd_compare, fmt.format_compare),
+    "report": (cmd_report, format_report),
     "convert": (cmd_convert, fmt.format_convert),
     "train": (cmd_train, fmt.format_train),
     "bench": (cmd_bench, fmt.format_bench),
@@ -203,6 +214,24 @@ def _add_python(p: argparse.ArgumentParser) -> None:
                    help="the interpreter of a backend's environment (repeatable)")
 
 
+def _add_compare_options(p: argparse.ArgumentParser) -> None:
+    _add_model(p)
+    p.add_argument("--backends", type=arg.backends_arg, default=faces.names(), metavar="LIST",
+                   help=f"comma-separated (default {','.join(faces.names())})")
+    _add_input_shape(p)
+    p.add_argument("--batch-size", type=arg.positive_int, default=8, metavar="N", help="default 8")
+    _add_seed(p)
+    _add_device(p, default="cpu")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="timing precision")
+    p.add_argument("--repeats", type=arg.positive_int, default=5, metavar="N", help="timed repeats (default 5)")
+    p.add_argument("--train-steps", type=arg.nonnegative_int, default=0, metavar="N",
+                   help="also show the loss of the first N plain-SGD steps per backend")
+    _add_python(p)
+    p.add_argument("--plot", type=arg.path_arg, metavar="FILE.png", help="write a chart: speed per backend, parity per layer")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (failures still are)")
+    _add_allow_large(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="resnet-multi", description=(
         "One ResNet/ResNeXt spec lowered to PyTorch, TensorFlow (Keras 3), Flax (NNX) and MXNet (Gluon)."))
@@ -245,21 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with the NumPy reference, speed, and environments side by side. "
                                    "Interpreters: --python B=PATH, RESNET_MULTI_PYTHON_<B>, .nox/<B>/bin/python, "
                                    "or this one. Exits 1 when a backend fails (one line each on stderr).")
-    _add_model(p)
-    p.add_argument("--backends", type=arg.backends_arg, default=faces.names(), metavar="LIST",
-                   help=f"comma-separated (default {','.join(faces.names())})")
-    _add_input_shape(p)
-    p.add_argument("--batch-size", type=arg.positive_int, default=8, metavar="N", help="default 8")
-    _add_seed(p)
-    _add_device(p, default="cpu")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="timing precision")
-    p.add_argument("--repeats", type=arg.positive_int, default=5, metavar="N", help="timed repeats (default 5)")
-    p.add_argument("--train-steps", type=arg.nonnegative_int, default=0, metavar="N",
-                   help="also show the loss of the first N plain-SGD steps per backend")
-    _add_python(p)
-    p.add_argument("--plot", type=arg.path_arg, metavar="FILE.png", help="write a chart: speed per backend, parity per layer")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (failures still are)")
-    _add_allow_large(p)
+    _add_compare_options(p)
+
+    p = sub.add_parser("report", parents=[with_json], help="compare, written as one self-contained HTML page",
+                       description="Run compare (same options) and write one HTML file that opens offline: "
+                                   "compare's tables and charts, and the four backends' model.py side by side, "
+                                   "part by part (stem, block, stage, head, build), with each part's shapes and "
+                                   "parameters. Needs Pygments (the report extra). Exits 1 when a backend fails.")
+    _add_compare_options(p)
+    p.add_argument("--html", type=arg.path_arg, required=True, metavar="FILE.html", help="the page to write")
 
     from resnet_multi.run.convert import FORMATS
 

@@ -1,0 +1,453 @@
+"""The HTML report: compare's results and the four lowerings' code side by side, in one self-contained file.
+
+``resnet-multi report`` runs compare (resnet_multi.run.compare) and writes one
+HTML page that opens offline: its stylesheet, its one small script and its
+charts (hand-written SVG) are inline, and nothing on it points outside it.
+The code view reads each backend's ``model.py`` as text at report time
+(importing no framework), cuts it at its ``# -- <part>`` section comments
+(docs/backends.md: every backend has the same sections) and puts the four
+versions of each part next to each other, highlighted with Pygments, under
+the part's output shape and parameters from the analytic layer table.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import importlib.resources
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from resnet_multi import faces
+from resnet_multi.cli.formatting import format_compare
+from resnet_multi.errors import UserError
+from resnet_multi.files import atomic_write, check_destination
+
+PARTS = ("stem", "block", "stage", "head", "build")
+SECTIONS = ("device handling", "layers", "stem", "block", "stage", "head", "build", "the contract")
+COLORS = {"torch": "#d8482b", "tensorflow": "#e08a00", "flax": "#3466c2", "mxnet": "#2e8540"}
+_HEADER = re.compile(r"^# -- (.*?)[\s-]*$")
+
+
+def _pygments():
+    try:
+        import pygments
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import PythonLexer
+    except ImportError:
+        raise UserError('the HTML report needs Pygments: pip install "resnet-multi[report]"') from None
+    return pygments, HtmlFormatter, PythonLexer
+
+
+def check_report_destination(path: str | Path) -> Path:
+    """Before a long run: the page's folder exists, it is not a folder itself, and Pygments is here."""
+    path = check_destination(path)
+    _pygments()
+    return path
+
+
+# -- the code: each backend's model.py, cut at its section comments ---------------------------------------
+
+
+def backend_source(backend: str) -> str:
+    """The text of ``resnet_multi/backends/<backend>/model.py`` as installed (read, not imported)."""
+    return importlib.resources.files("resnet_multi").joinpath("backends", backend, "model.py").read_text("utf-8")
+
+
+def _section_name(title: str) -> str | None:
+    head = re.split(r"[:(]", title, maxsplit=1)[0].strip().lower()
+    if head in SECTIONS:
+        return head
+    last = head.split()[-1] if head.split() else ""
+    return last if last in SECTIONS else None  # e.g. "residual block (basic and bottleneck ...)"
+
+
+def split_sections(text: str) -> dict[str, tuple[int, str]]:
+    """Section name -> (its first line number, its text from the ``# --`` comment to the next one)."""
+    lines = text.splitlines()
+    starts = [(i, _section_name(m.group(1))) for i, line in enumerate(lines) if (m := _HEADER.match(line))]
+    out: dict[str, tuple[int, str]] = {}
+    for k, (i, name) in enumerate(starts):
+        end = starts[k + 1][0] if k + 1 < len(starts) else len(lines)
+        if name is not None and name not in out:
+            head = lines[i].rstrip("- ")  # the comment, without its run of dashes
+            out[name] = (i + 1, "\n".join([head, *lines[i + 1:end]]).rstrip() + "\n")
+    return out
+
+
+def code_parts(backends: list[str]) -> dict[str, dict[str, tuple[int, str] | None]]:
+    """Part -> backend -> (first line, code), or None where that backend's file has no such section."""
+    sections = {b: split_sections(backend_source(b)) for b in backends}
+    return {part: {b: sections[b].get(part) for b in backends} for part in PARTS}
+
+
+# -- the analytic facts of each part ---------------------------------------------------------------------
+
+
+def _shape(shape) -> str:
+    return "\u00d7".join(str(d) for d in shape)
+
+
+def part_facts(analytic: dict[str, Any]) -> dict[str, list[tuple[str, str, str]]]:
+    """Part -> rows of (name, output C x H x W, trainable params) from the analytic layer table."""
+    rows = analytic["layers"]
+    blocks = [r for r in rows if r["name"].startswith("layer")]
+    stages: dict[str, list[dict[str, Any]]] = {}
+    for r in blocks:
+        stages.setdefault(r["name"].split(".")[0], []).append(r)
+    fact = {
+        "stem": [r for r in rows if r["name"] == "stem"],
+        "block": blocks,
+        "head": [r for r in rows if r["name"] in ("post_bn", "avgpool", "fc")],
+    }
+    out = {part: [(r["name"], _shape(r["output_shape"]), f"{r['params']:,}") for r in fact[part]] for part in fact}
+    out["stage"] = [(f"{name} ({len(rs)} blocks)", _shape(rs[-1]["output_shape"]), f"{sum(r['params'] for r in rs):,}")
+                    for name, rs in stages.items()]
+    out["build"] = [(f"input {_shape(analytic['input_shape'])} \u2192 logits", _shape(rows[-1]["output_shape"][:1]),
+                     f"{analytic['total_params']:,}")]
+    return {part: out[part] for part in PARTS}
+
+
+# -- charts: small inline SVG, no library ----------------------------------------------------------------
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _svg_lines(series: dict[str, list[float | None]], xlabels: list[str], ylabel: str, log: bool,
+               hline: float | None = None, title: str = "") -> str:
+    width, height, left, right, top, bottom = 900, 320, 70, 130, 28, 78
+    values = [v for vs in series.values() for v in vs if v is not None and (v > 0 or not log)]
+    if hline is not None:
+        values.append(hline)
+    if not values or not xlabels:
+        return "<p class=\"muted\">nothing to chart</p>"
+    f = (lambda v: math.log10(max(v, 1e-30))) if log else (lambda v: v)
+    lo, hi = min(map(f, values)), max(map(f, values))
+    if log:
+        lo, hi = math.floor(lo), math.ceil(hi)
+    if hi - lo < 1e-12:
+        lo, hi = lo - 1, hi + 1
+    pw, ph = width - left - right, height - top - bottom
+
+    def x(i: int) -> float:
+        return left + (pw * i / (len(xlabels) - 1) if len(xlabels) > 1 else pw / 2)
+
+    def y(v: float) -> float:
+        return top + ph * (1 - (f(v) - lo) / (hi - lo))
+
+    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">',
+             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#bbb"/>']
+    ticks = range(int(lo), int(hi) + 1) if log else [lo + (hi - lo) * k / 4 for k in range(5)]
+    for t in ticks:
+        ty = top + ph * (1 - (t - lo) / (hi - lo))
+        label = f"1e{t}" if log else f"{t:.3g}"
+        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#eee"/>'
+                     f'<text x="{left - 6}" y="{ty + 4:.1f}" text-anchor="end">{label}</text>')
+    step = max(1, len(xlabels) // 24)
+    for i in range(0, len(xlabels), step):
+        parts.append(f'<text transform="translate({x(i):.1f},{top + ph + 12}) rotate(50)">{_esc(xlabels[i])}</text>')
+    if hline is not None:
+        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(hline):.1f}" y2="{y(hline):.1f}" stroke="#777" '
+                     f'stroke-dasharray="5,4"/><text x="{left + pw + 6}" y="{y(hline) + 4:.1f}">tolerance</text>')
+    for k, (name, vs) in enumerate(series.items()):
+        color = COLORS.get(name, "#555")
+        points = [(x(i), y(v)) for i, v in enumerate(vs) if v is not None and (v > 0 or not log)]
+        path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
+        parts += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="{color}"/>' for px, py in points]
+        parts.append(f'<rect x="{left + pw + 10}" y="{top + 8 + 18 * k}" width="12" height="12" fill="{color}"/>'
+                     f'<text x="{left + pw + 28}" y="{top + 18 + 18 * k}">{_esc(name)}</text>')
+    parts.append(f'<text transform="translate(16,{top + ph / 2}) rotate(-90)" text-anchor="middle">{_esc(ylabel)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _svg_bars(rows: list[tuple[str, str, float]], unit: str, title: str) -> str:
+    """Horizontal bars: (backend, label, value)."""
+    rows = [r for r in rows if r[2] > 0]
+    if not rows:
+        return "<p class=\"muted\">no timings to chart</p>"
+    width, left, bar = 900, 190, 20
+    height = 20 + len(rows) * (bar + 8)
+    top_value = max(v for _, _, v in rows)
+    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">']
+    for k, (backend, label, value) in enumerate(rows):
+        ty = 10 + k * (bar + 8)
+        w = (width - left - 150) * value / top_value
+        parts.append(f'<text x="{left - 8}" y="{ty + 15}" text-anchor="end">{_esc(backend)} {_esc(label)}</text>'
+                     f'<rect x="{left}" y="{ty}" width="{w:.1f}" height="{bar}" fill="{COLORS.get(backend, "#555")}"/>'
+                     f'<text x="{left + w + 6:.1f}" y="{ty + 15}">{value:.1f} {unit}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# -- the page --------------------------------------------------------------------------------------------
+
+
+def _num(value: float | None) -> str:
+    return "\u2013" if value is None else f"{value:.2e}"
+
+
+def _table(head: list[str], rows: list[list[str]], table_id: str, backend_cols: list[str | None]) -> str:
+    """An HTML table; cells are HTML already. backend_cols: the backend of each column (or None)."""
+    def cells(tag: str, row: list[str]) -> str:
+        return "".join(f'<{tag}{f" data-backend={chr(34)}{b}{chr(34)}" if b else ""}>{c}</{tag}>'
+                       for c, b in zip(row, backend_cols))
+    body = "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
+    return (f'<div class="scroll"><table id="{table_id}"><thead><tr>{cells("th", head)}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
+
+
+def _status_cell(result: dict[str, Any], failure: str | None) -> str:
+    if "error" in result:
+        return f'<span class="bad">failed</span><div class="why">{_esc(failure)}</div>'
+    if failure:
+        return f'<span class="warn">incomplete</span><div class="why">{_esc(failure)}</div>'
+    return '<span class="good">ran</span>'
+
+
+def _layers_section(report: dict[str, Any], names: list[str]) -> str:
+    analytic = report["analytic"]
+    head = ["layer", "spec: output", "spec: params"] + [_esc(n) for n in names]
+    cols: list[str | None] = [None, None, None] + names
+    rows = [["status", "", ""] + [_status_cell(report["backends"][n], report["failed"].get(n)) for n in names]]
+    for i, want in enumerate(analytic["layers"]):
+        row = [_esc(want["name"]), _shape(want["output_shape"]), f"{want['params']:,}"]
+        for n in names:
+            got = (report["backends"][n].get("layers") or [])
+            if i >= len(got):
+                row.append('<span class="muted">\u2013</span>')
+                continue
+            g = got[i]
+            same = (g["name"], g["output_shape"], g["params"], g["buffers"]) == (
+                want["name"], want["output_shape"], want["params"], want["buffers"])
+            cell = f"{_shape(g['output_shape'])} \u00b7 {g['params']:,}"
+            row.append(f'<span class="good">{cell}</span>' if same else f'<span class="bad">\u2260 {cell}</span>')
+        rows.append(row)
+    rows.append(["<b>total</b>", "", f"<b>{analytic['total_params']:,}</b>"]
+                + [f"{r['total_params']:,}" if "total_params" in (r := report["backends"][n]) else "\u2013"
+                   for n in names])
+    return ("<section id=\"layers-section\"><h2>Layers per backend</h2><p>Each framework's real model, counted by the "
+            "framework itself: output C\u00d7H\u00d7W \u00b7 trainable params, against the analytic table of the spec "
+            "(green: equal, red \u2260: differs).</p>" + _table(head, rows, "layers", cols) + "</section>")
+
+
+def _parity_section(report: dict[str, Any], names: list[str]) -> str:
+    ok = [n for n in names if "error" not in report["backends"][n]]
+    head = ["backend", "logits", "max |diff|", "tolerance", "worst layer (relative)"]
+    rows = []
+    for n in names:
+        r = report["backends"][n]
+        if "error" in r:
+            rows.append([_esc(n), '<span class="bad">failed</span>', f'<span class="why">{_esc(r["error"])}</span>',
+                         "", ""])
+            continue
+        p = r["parity"]
+        rows.append([_esc(n), '<span class="good">within tolerance</span>' if p["ok"] else '<span class="bad">FAIL</span>',
+                     _num(p["max_abs_diff"]), _num(p["tolerance"]), f"{_esc(p['worst_layer'])} ({_num(p['worst_rel_diff'])})"])
+    summary = _table(head, rows, "parity-summary", [None] * len(head))
+    analytic = [r["name"] for r in report["analytic"]["layers"]]
+    per = {n: {r["name"]: r["rel_diff"] for r in report["backends"][n]["parity"]["layers"]} for n in ok}
+    lrows = [[_esc(name)] + [_num(per[n].get(name)) if n in per else '<span class="muted">\u2013</span>' for n in names]
+             for name in analytic]
+    layers = _table(["layer"] + [_esc(n) for n in names], lrows, "parity", [None] + names)
+    chart = _svg_lines({n: [per[n].get(name) for name in analytic] for n in ok}, analytic,
+                       "max |diff| / max |reference|", log=True, title="parity per layer")
+    return ("<section id=\"parity-section\"><h2>Parity with the NumPy float64 reference</h2><p>Eval mode, the same "
+            f"weights file and input (batch {report['batch']}) in every backend. Per layer: max |diff| / max |reference|."
+            f"</p>{summary}{chart}<details><summary>per layer</summary>{layers}</details></section>")
+
+
+def _speed_section(report: dict[str, Any], names: list[str]) -> str:
+    rows, bars = [], []
+    for n in names:
+        t = report["backends"][n].get("timing") or {}
+        cells = [_esc(n)]
+        for mode in ("infer", "train"):
+            m = t.get(mode)
+            if not m:
+                cells += ["\u2013", ""]
+            elif "error" in m:
+                cells += ['<span class="bad">failed</span>', f'<span class="why">{_esc(m["error"])}</span>']
+            else:
+                cells += [f"{m['median_s'] * 1e3:.1f} ms ({m['images_per_s']:.0f} img/s)", _esc(m.get("practice", ""))]
+                bars.append((n, "inference" if mode == "infer" else "train step", m["median_s"] * 1e3))
+        if "error" in report["backends"][n]:
+            cells[1] = f'<span class="bad">failed</span> <span class="why">{_esc(report["backends"][n]["error"])}</span>'
+        mem = (t.get("infer") or {}).get("peak_memory_mb")
+        rows.append(cells + [f"{mem:.0f} MB" if mem else "\u2013"])
+    table = _table(["backend", "inference", "practice", "train step", "practice", "peak memory"], rows, "speed",
+                   [None] * 6)
+    return ("<section id=\"speed-section\"><h2>Speed</h2><p>Median of the timed repeats after warm-up, batch "
+            f"{report['batch']}, {_esc(report['device'])}, {_esc(report['precision'])}; each framework with its own best "
+            f"practice.</p>{table}{_svg_bars(bars, 'ms', 'speed')}</section>")
+
+
+def _training_section(report: dict[str, Any], names: list[str]) -> str:
+    trained = {n: r["train"]["losses"] for n in names if "losses" in ((r := report["backends"][n]).get("train") or {})}
+    failed = {n: r["train"]["error"] for n in names if "error" in ((r := report["backends"][n]).get("train") or {})}
+    if not trained and not failed:
+        return ("<section id=\"training-section\"><h2>Training trajectories</h2><p class=\"muted\">Not run: "
+                "<code>--train-steps N</code> adds the loss of the first N plain-SGD steps per backend.</p></section>")
+    steps = max((len(v) for v in trained.values()), default=0)
+    rows = [[str(i + 1)] + [f"{trained[n][i]:.6f}" if n in trained and i < len(trained[n]) else "\u2013"
+                            for n in names] for i in range(steps)]
+    rows += [["failed"] + [f'<span class="why">{_esc(failed.get(n, ""))}</span>' for n in names]] if failed else []
+    table = _table(["step"] + [_esc(n) for n in names], rows, "training", [None] + names)
+    chart = _svg_lines(trained, [str(i + 1) for i in range(steps)], "loss", log=False, title="training losses")
+    return ("<section id=\"training-section\"><h2>Training trajectories</h2><p>Plain SGD from the same weights and "
+            f"batches: the losses agree step by step when the lowerings agree.</p>{table}{chart}</section>")
+
+
+def _environment_section(report: dict[str, Any], names: list[str]) -> str:
+    rows = []
+    for n in names:
+        r = report["backends"][n]
+        env = r.get("environment") or {}
+        rows.append([_esc(n), _esc(env.get("framework_version", "\u2013")), _esc(env.get("device", "\u2013")),
+                     _esc(env.get("python", "\u2013")), _esc(env.get("numpy", "\u2013")), _esc(env.get("platform", "\u2013")),
+                     f"<code>{_esc(r.get('python', ''))}</code>", f"{r.get('wall_s', 0)} s",
+                     f'<span class="why">{_esc(r["error"])}</span>' if "error" in r else ""])
+    table = _table(["backend", "framework", "device", "Python", "NumPy", "platform", "interpreter", "wall", "error"],
+                   rows, "environments", [None] * 9)
+    return f"<section id=\"environments-section\"><h2>Environments</h2><p>Each backend ran in its own interpreter.</p>{table}</section>"
+
+
+def _code_section(report: dict[str, Any], facts: dict[str, list[tuple[str, str, str]]]) -> str:
+    _, HtmlFormatter, PythonLexer = _pygments()
+    from pygments import highlight
+
+    code_backends = faces.names()
+    parts = code_parts(code_backends)
+    toggles = "".join(f'<label><input type="checkbox" data-toggle="{b}" checked> {b}</label>' for b in code_backends)
+    out = ["<section id=\"code\"><h2>The four lowerings, part by part</h2><p>Each backend's <code>model.py</code> as "
+           "installed, cut at its <code># --</code> section comments (docs/backends.md); line numbers are the file's. "
+           "Under each part: its output shape and parameters from the analytic table.</p>",
+           f'<div class="controls">show: {toggles} <label><input type="checkbox" id="wrap" checked> wrap long lines</label></div>',
+           '<nav class="parts">' + " ".join(f'<a href="#part-{p}">{p}</a>' for p in PARTS) + "</nav>"]
+    for part in PARTS:
+        frows = "".join(f"<tr><td>{_esc(a)}</td><td>{_esc(b)}</td><td>{_esc(c)}</td></tr>" for a, b, c in facts[part])
+        out.append(f'<section class="part" id="part-{part}"><h3>{part}</h3><details class="facts"{" open" if len(facts[part]) <= 6 else ""}>'
+                   f"<summary>output C\u00d7H\u00d7W and params ({len(facts[part])} row{'s' if len(facts[part]) != 1 else ''})"
+                   f'</summary><table class="facts"><thead><tr><th>row</th><th>output</th><th>params</th></tr></thead>'
+                   f'<tbody>{frows}</tbody></table></details><div class="panes">')
+        for b in code_backends:
+            where = parts[part][b]
+            result = report["backends"].get(b)
+            if result is None:
+                status = '<span class="muted">not in this comparison</span>'
+            elif "error" in result:
+                status = f'<span class="bad" title="{_esc(result["error"])}">failed: {_esc(result["error"][:120])}</span>'
+            else:
+                status = '<span class="good">parity ok</span>' if result["parity"]["ok"] else '<span class="bad">parity FAIL</span>'
+            if where is None:
+                body = '<p class="muted">no such section in this file</p>'
+                lines = ""
+            else:
+                start, text = where
+                body = highlight(text, PythonLexer(), HtmlFormatter(cssclass="hl", linenos="inline", linenostart=start))
+                lines = f"lines {start}\u2013{start + text.count(chr(10)) - 1}"
+            out.append(f'<div class="pane" data-backend="{b}" data-part="{part}"><div class="pane-head" '
+                       f'style="border-color:{COLORS.get(b, "#555")}"><b>{b}</b> <span class="muted">'
+                       f"backends/{b}/model.py {lines}</span> {status}</div>{body}</div>")
+        out.append("</div></section>")
+    out.append("</section>")
+    return "".join(out)
+
+
+CSS = """
+:root{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#222;background:#fff}
+body{margin:0 auto;padding:1rem 1.5rem 3rem;max-width:1800px;font-size:14px;line-height:1.4}
+h1{font-size:1.5rem;margin:.2rem 0}h2{font-size:1.2rem;margin:1.6rem 0 .4rem;border-bottom:1px solid #ddd}
+h3{font-size:1.05rem;margin:1rem 0 .3rem}
+table{border-collapse:collapse;font-size:13px;margin:.3rem 0}th,td{border:1px solid #ddd;padding:2px 8px;text-align:left;
+vertical-align:top}th{background:#f4f4f4}td{font-variant-numeric:tabular-nums}
+.scroll{overflow-x:auto}.good{color:#1b7a2f}.bad{color:#b3261e;font-weight:600}.warn{color:#a86400;font-weight:600}
+.why{color:#666;font-size:12px;max-width:40ch;white-space:normal}.muted{color:#777}
+.cards{display:flex;flex-wrap:wrap;gap:.6rem;margin:.6rem 0}.card{border:1px solid #ddd;border-left:5px solid;border-radius:4px;
+padding:.4rem .7rem;min-width:14rem;max-width:30rem}
+.chart{width:100%;max-width:900px;height:auto;font-size:11px;display:block;margin:.5rem 0}
+.controls{margin:.4rem 0;position:sticky;top:0;background:#fff;padding:.3rem 0;z-index:2;border-bottom:1px solid #eee}
+.controls label{margin-right:.8rem}nav.parts a{margin-right:.8rem}
+.panes{display:grid;grid-auto-flow:column;grid-auto-columns:minmax(0,1fr);gap:.5rem}
+.pane{border:1px solid #ddd;border-radius:4px;min-width:0;background:#fafafa}
+.pane-head{border-top:4px solid;padding:.25rem .5rem;font-size:12px;background:#f2f2f2}
+.pane .hl{margin:0;overflow-x:auto}.pane pre{margin:0;padding:.4rem .5rem;font-size:11.5px;line-height:1.35}
+body.wrap .pane pre{white-space:pre-wrap;word-break:break-word}
+table.facts{font-size:12px}details.facts{margin:.2rem 0 .4rem}
+.hide-torch [data-backend=torch],.hide-tensorflow [data-backend=tensorflow],.hide-flax [data-backend=flax],
+.hide-mxnet [data-backend=mxnet]{display:none}
+@media print{
+ body{max-width:none;padding:0;font-size:10pt}.controls,nav.parts{display:none}
+ .pane,[data-backend]{display:revert!important}.panes{grid-auto-flow:row;grid-auto-columns:auto}
+ .pane pre{white-space:pre-wrap;font-size:7.5pt}.pane .hl{overflow:visible}.scroll{overflow:visible}
+ details>*{display:revert}section.part{break-before:auto}#code{break-before:page}
+ .pane{break-inside:avoid-page}h2,h3{break-after:avoid-page}a{color:inherit;text-decoration:none}
+}
+"""
+
+SCRIPT = """
+(function(){
+  var body=document.body;
+  document.querySelectorAll('input[data-toggle]').forEach(function(box){
+    box.addEventListener('change',function(){body.classList.toggle('hide-'+box.dataset.toggle,!box.checked);});
+  });
+  var wrap=document.getElementById('wrap');
+  wrap.addEventListener('change',function(){body.classList.toggle('wrap',wrap.checked);});
+  window.addEventListener('beforeprint',function(){document.querySelectorAll('details').forEach(function(d){d.open=true;});});
+  body.dataset.ready='1';
+})();
+"""
+
+
+def render_report(report: dict[str, Any]) -> str:
+    """The whole page for one compare report, as a string."""
+    _, HtmlFormatter, _ = _pygments()
+    names = list(report["backends"])
+    cards = []
+    for n in names:
+        r = report["backends"][n]
+        failure = report["failed"].get(n)
+        env = r.get("environment") or {}
+        detail = (f"{_esc(env.get('framework_version', ''))} on {_esc(env.get('device', ''))}" if env else "")
+        cards.append(f'<div class="card" data-backend="{n}" style="border-left-color:{COLORS.get(n, "#555")}"><b>{_esc(n)}'
+                     f"</b> {_status_cell(r, failure)} <div class=\"muted\">{detail}</div></div>")
+    title = f"{report['name']}: {', '.join(names)}"
+    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    verdict = ('<span class="good">every backend ran and agrees</span>' if report["ok"]
+               else f'<span class="bad">{len(report["failed"])} backend(s) failed</span>')
+    facts = part_facts(report["analytic"])
+    body = "".join([
+        f"<header><h1>{_esc(report['name'])} across frameworks</h1><p>input {report['batch']}\u00d7"
+        f"{_shape(report['input_shape'])}, seed {report['seed']}, device {_esc(report['device'])}, "
+        f"{_esc(report['precision'])}; {report['analytic']['total_params']:,} parameters; {verdict}. "
+        f"<span class=\"muted\">Written by resnet-multi report, {_esc(when)}.</span></p>"
+        '<nav class="parts"><a href="#layers-section">layers</a> <a href="#parity-section">parity</a> '
+        '<a href="#speed-section">speed</a> <a href="#training-section">training</a> '
+        '<a href="#environments-section">environments</a> <a href="#code">code side by side</a></nav>'
+        f'<div class="cards" id="backends">{"".join(cards)}</div></header>',
+        _layers_section(report, names), _parity_section(report, names), _speed_section(report, names),
+        _training_section(report, names), _environment_section(report, names), _code_section(report, facts)])
+    style = CSS + HtmlFormatter(style="default").get_style_defs(".hl")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{_esc(title)}</title><style>{style}</style></head>"
+            f"<body class=\"wrap\">{body}<script>{SCRIPT}</script></body></html>\n")
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """Write the page atomically; the summary that ``--json`` prints."""
+    path = atomic_write(path, render_report(report))
+    return {"path": str(path), "name": report["name"], "parts": list(PARTS), "backends": list(report["backends"]),
+            "code_backends": faces.names(), "failed": report["failed"], "ok": report["ok"],
+            **({"plot": report["plot"]} if "plot" in report else {})}
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    table = format_compare(summary["compare"]) + "\n\n" if "compare" in summary else ""
+    return (f"{table}HTML report: {summary['path']} (parts {', '.join(summary['parts'])}; code of "
+            f"{', '.join(summary['code_backends'])})")
