@@ -13,21 +13,19 @@ the part's output shape and parameters from the analytic layer table.
 from __future__ import annotations
 
 import datetime
-import html
 import importlib.resources
-import math
 import re
 from pathlib import Path
 from typing import Any
 
 from resnet_multi import faces
 from resnet_multi.cli.formatting import format_compare
+from resnet_multi.cli.svg import COLORS, bar_chart, escape, line_chart
 from resnet_multi.errors import UserError
 from resnet_multi.files import atomic_write, check_destination
 
 PARTS = ("stem", "block", "stage", "head", "build")
 SECTIONS = ("device handling", "layers", "stem", "block", "stage", "head", "build", "the contract")
-COLORS = {"torch": "#d8482b", "tensorflow": "#e08a00", "flax": "#3466c2", "mxnet": "#2e8540"}
 _HEADER = re.compile(r"^# -- (.*?)[\s-]*$")
 
 
@@ -110,81 +108,6 @@ def part_facts(analytic: dict[str, Any]) -> dict[str, list[tuple[str, str, str]]
     return {part: out[part] for part in PARTS}
 
 
-# -- charts: small inline SVG, no library ----------------------------------------------------------------
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _svg_lines(series: dict[str, list[float | None]], xlabels: list[str], ylabel: str, log: bool,
-               hline: float | None = None, title: str = "") -> str:
-    width, height, left, right, top, bottom = 900, 320, 70, 130, 28, 78
-    values = [v for vs in series.values() for v in vs if v is not None and (v > 0 or not log)]
-    if hline is not None:
-        values.append(hline)
-    if not values or not xlabels:
-        return "<p class=\"muted\">nothing to chart</p>"
-    f = (lambda v: math.log10(max(v, 1e-30))) if log else (lambda v: v)
-    lo, hi = min(map(f, values)), max(map(f, values))
-    if log:
-        lo, hi = math.floor(lo), math.ceil(hi)
-    if hi - lo < 1e-12:
-        lo, hi = lo - 1, hi + 1
-    pw, ph = width - left - right, height - top - bottom
-
-    def x(i: int) -> float:
-        return left + (pw * i / (len(xlabels) - 1) if len(xlabels) > 1 else pw / 2)
-
-    def y(v: float) -> float:
-        return top + ph * (1 - (f(v) - lo) / (hi - lo))
-
-    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">',
-             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#bbb"/>']
-    ticks = range(int(lo), int(hi) + 1) if log else [lo + (hi - lo) * k / 4 for k in range(5)]
-    for t in ticks:
-        ty = top + ph * (1 - (t - lo) / (hi - lo))
-        label = f"1e{t}" if log else f"{t:.3g}"
-        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#eee"/>'
-                     f'<text x="{left - 6}" y="{ty + 4:.1f}" text-anchor="end">{label}</text>')
-    step = max(1, len(xlabels) // 24)
-    for i in range(0, len(xlabels), step):
-        parts.append(f'<text transform="translate({x(i):.1f},{top + ph + 12}) rotate(50)">{_esc(xlabels[i])}</text>')
-    if hline is not None:
-        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(hline):.1f}" y2="{y(hline):.1f}" stroke="#777" '
-                     f'stroke-dasharray="5,4"/><text x="{left + pw + 6}" y="{y(hline) + 4:.1f}">tolerance</text>')
-    for k, (name, vs) in enumerate(series.items()):
-        color = COLORS.get(name, "#555")
-        points = [(x(i), y(v)) for i, v in enumerate(vs) if v is not None and (v > 0 or not log)]
-        path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
-        parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
-        parts += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="{color}"/>' for px, py in points]
-        parts.append(f'<rect x="{left + pw + 10}" y="{top + 8 + 18 * k}" width="12" height="12" fill="{color}"/>'
-                     f'<text x="{left + pw + 28}" y="{top + 18 + 18 * k}">{_esc(name)}</text>')
-    parts.append(f'<text transform="translate(16,{top + ph / 2}) rotate(-90)" text-anchor="middle">{_esc(ylabel)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _svg_bars(rows: list[tuple[str, str, float]], unit: str, title: str) -> str:
-    """Horizontal bars: (backend, label, value)."""
-    rows = [r for r in rows if r[2] > 0]
-    if not rows:
-        return "<p class=\"muted\">no timings to chart</p>"
-    width, left, bar = 900, 190, 20
-    height = 20 + len(rows) * (bar + 8)
-    top_value = max(v for _, _, v in rows)
-    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">']
-    for k, (backend, label, value) in enumerate(rows):
-        ty = 10 + k * (bar + 8)
-        w = (width - left - 150) * value / top_value
-        parts.append(f'<text x="{left - 8}" y="{ty + 15}" text-anchor="end">{_esc(backend)} {_esc(label)}</text>'
-                     f'<rect x="{left}" y="{ty}" width="{w:.1f}" height="{bar}" fill="{COLORS.get(backend, "#555")}"/>'
-                     f'<text x="{left + w + 6:.1f}" y="{ty + 15}">{value:.1f} {unit}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
 # -- the page --------------------------------------------------------------------------------------------
 
 
@@ -204,19 +127,19 @@ def _table(head: list[str], rows: list[list[str]], table_id: str, backend_cols: 
 
 def _status_cell(result: dict[str, Any], failure: str | None) -> str:
     if "error" in result:
-        return f'<span class="bad">failed</span><div class="why">{_esc(failure)}</div>'
+        return f'<span class="bad">failed</span><div class="why">{escape(failure)}</div>'
     if failure:
-        return f'<span class="warn">incomplete</span><div class="why">{_esc(failure)}</div>'
+        return f'<span class="warn">incomplete</span><div class="why">{escape(failure)}</div>'
     return '<span class="good">ran</span>'
 
 
 def _layers_section(report: dict[str, Any], names: list[str]) -> str:
     analytic = report["analytic"]
-    head = ["layer", "spec: output", "spec: params"] + [_esc(n) for n in names]
+    head = ["layer", "spec: output", "spec: params"] + [escape(n) for n in names]
     cols: list[str | None] = [None, None, None] + names
     rows = [["status", "", ""] + [_status_cell(report["backends"][n], report["failed"].get(n)) for n in names]]
     for i, want in enumerate(analytic["layers"]):
-        row = [_esc(want["name"]), _shape(want["output_shape"]), f"{want['params']:,}"]
+        row = [escape(want["name"]), _shape(want["output_shape"]), f"{want['params']:,}"]
         for n in names:
             got = (report["backends"][n].get("layers") or [])
             if i >= len(got):
@@ -243,19 +166,19 @@ def _parity_section(report: dict[str, Any], names: list[str]) -> str:
     for n in names:
         r = report["backends"][n]
         if "error" in r:
-            rows.append([_esc(n), '<span class="bad">failed</span>', f'<span class="why">{_esc(r["error"])}</span>',
+            rows.append([escape(n), '<span class="bad">failed</span>', f'<span class="why">{escape(r["error"])}</span>',
                          "", ""])
             continue
         p = r["parity"]
-        rows.append([_esc(n), '<span class="good">within tolerance</span>' if p["ok"] else '<span class="bad">FAIL</span>',
-                     _num(p["max_abs_diff"]), _num(p["tolerance"]), f"{_esc(p['worst_layer'])} ({_num(p['worst_rel_diff'])})"])
+        rows.append([escape(n), '<span class="good">within tolerance</span>' if p["ok"] else '<span class="bad">FAIL</span>',
+                     _num(p["max_abs_diff"]), _num(p["tolerance"]), f"{escape(p['worst_layer'])} ({_num(p['worst_rel_diff'])})"])
     summary = _table(head, rows, "parity-summary", [None] * len(head))
     analytic = [r["name"] for r in report["analytic"]["layers"]]
     per = {n: {r["name"]: r["rel_diff"] for r in report["backends"][n]["parity"]["layers"]} for n in ok}
-    lrows = [[_esc(name)] + [_num(per[n].get(name)) if n in per else '<span class="muted">\u2013</span>' for n in names]
+    lrows = [[escape(name)] + [_num(per[n].get(name)) if n in per else '<span class="muted">\u2013</span>' for n in names]
              for name in analytic]
-    layers = _table(["layer"] + [_esc(n) for n in names], lrows, "parity", [None] + names)
-    chart = _svg_lines({n: [per[n].get(name) for name in analytic] for n in ok}, analytic,
+    layers = _table(["layer"] + [escape(n) for n in names], lrows, "parity", [None] + names)
+    chart = line_chart({n: [per[n].get(name) for name in analytic] for n in ok}, analytic,
                        "max |diff| / max |reference|", log=True, title="parity per layer")
     return ("<section id=\"parity-section\"><h2>Parity with the NumPy float64 reference</h2><p>Eval mode, the same "
             f"weights file and input (batch {report['batch']}) in every backend. Per layer: max |diff| / max |reference|."
@@ -266,25 +189,25 @@ def _speed_section(report: dict[str, Any], names: list[str]) -> str:
     rows, bars = [], []
     for n in names:
         t = report["backends"][n].get("timing") or {}
-        cells = [_esc(n)]
+        cells = [escape(n)]
         for mode in ("infer", "train"):
             m = t.get(mode)
             if not m:
                 cells += ["\u2013", ""]
             elif "error" in m:
-                cells += ['<span class="bad">failed</span>', f'<span class="why">{_esc(m["error"])}</span>']
+                cells += ['<span class="bad">failed</span>', f'<span class="why">{escape(m["error"])}</span>']
             else:
-                cells += [f"{m['median_s'] * 1e3:.1f} ms ({m['images_per_s']:.0f} img/s)", _esc(m.get("practice", ""))]
+                cells += [f"{m['median_s'] * 1e3:.1f} ms ({m['images_per_s']:.0f} img/s)", escape(m.get("practice", ""))]
                 bars.append((n, "inference" if mode == "infer" else "train step", m["median_s"] * 1e3))
         if "error" in report["backends"][n]:
-            cells[1] = f'<span class="bad">failed</span> <span class="why">{_esc(report["backends"][n]["error"])}</span>'
+            cells[1] = f'<span class="bad">failed</span> <span class="why">{escape(report["backends"][n]["error"])}</span>'
         mem = (t.get("infer") or {}).get("peak_memory_mb")
         rows.append(cells + [f"{mem:.0f} MB" if mem else "\u2013"])
     table = _table(["backend", "inference", "practice", "train step", "practice", "peak memory"], rows, "speed",
                    [None] * 6)
     return ("<section id=\"speed-section\"><h2>Speed</h2><p>Median of the timed repeats after warm-up, batch "
-            f"{report['batch']}, {_esc(report['device'])}, {_esc(report['precision'])}; each framework with its own best "
-            f"practice.</p>{table}{_svg_bars(bars, 'ms', 'speed')}</section>")
+            f"{report['batch']}, {escape(report['device'])}, {escape(report['precision'])}; each framework with its own best "
+            f"practice.</p>{table}{bar_chart(bars, 'ms', 'speed')}</section>")
 
 
 def _training_section(report: dict[str, Any], names: list[str]) -> str:
@@ -296,9 +219,9 @@ def _training_section(report: dict[str, Any], names: list[str]) -> str:
     steps = max((len(v) for v in trained.values()), default=0)
     rows = [[str(i + 1)] + [f"{trained[n][i]:.6f}" if n in trained and i < len(trained[n]) else "\u2013"
                             for n in names] for i in range(steps)]
-    rows += [["failed"] + [f'<span class="why">{_esc(failed.get(n, ""))}</span>' for n in names]] if failed else []
-    table = _table(["step"] + [_esc(n) for n in names], rows, "training", [None] + names)
-    chart = _svg_lines(trained, [str(i + 1) for i in range(steps)], "loss", log=False, title="training losses")
+    rows += [["failed"] + [f'<span class="why">{escape(failed.get(n, ""))}</span>' for n in names]] if failed else []
+    table = _table(["step"] + [escape(n) for n in names], rows, "training", [None] + names)
+    chart = line_chart(trained, [str(i + 1) for i in range(steps)], "loss", log=False, title="training losses")
     return ("<section id=\"training-section\"><h2>Training trajectories</h2><p>Plain SGD from the same weights and "
             f"batches: the losses agree step by step when the lowerings agree.</p>{table}{chart}</section>")
 
@@ -308,10 +231,10 @@ def _environment_section(report: dict[str, Any], names: list[str]) -> str:
     for n in names:
         r = report["backends"][n]
         env = r.get("environment") or {}
-        rows.append([_esc(n), _esc(env.get("framework_version", "\u2013")), _esc(env.get("device", "\u2013")),
-                     _esc(env.get("python", "\u2013")), _esc(env.get("numpy", "\u2013")), _esc(env.get("platform", "\u2013")),
-                     f"<code>{_esc(r.get('python', ''))}</code>", f"{r.get('wall_s', 0)} s",
-                     f'<span class="why">{_esc(r["error"])}</span>' if "error" in r else ""])
+        rows.append([escape(n), escape(env.get("framework_version", "\u2013")), escape(env.get("device", "\u2013")),
+                     escape(env.get("python", "\u2013")), escape(env.get("numpy", "\u2013")), escape(env.get("platform", "\u2013")),
+                     f"<code>{escape(r.get('python', ''))}</code>", f"{r.get('wall_s', 0)} s",
+                     f'<span class="why">{escape(r["error"])}</span>' if "error" in r else ""])
     table = _table(["backend", "framework", "device", "Python", "NumPy", "platform", "interpreter", "wall", "error"],
                    rows, "environments", [None] * 9)
     return f"<section id=\"environments-section\"><h2>Environments</h2><p>Each backend ran in its own interpreter.</p>{table}</section>"
@@ -330,7 +253,7 @@ def _code_section(report: dict[str, Any], facts: dict[str, list[tuple[str, str, 
            f'<div class="controls">show: {toggles} <label><input type="checkbox" id="wrap" checked> wrap long lines</label></div>',
            '<nav class="parts">' + " ".join(f'<a href="#part-{p}">{p}</a>' for p in PARTS) + "</nav>"]
     for part in PARTS:
-        frows = "".join(f"<tr><td>{_esc(a)}</td><td>{_esc(b)}</td><td>{_esc(c)}</td></tr>" for a, b, c in facts[part])
+        frows = "".join(f"<tr><td>{escape(a)}</td><td>{escape(b)}</td><td>{escape(c)}</td></tr>" for a, b, c in facts[part])
         out.append(f'<section class="part" id="part-{part}"><h3>{part}</h3><details class="facts"{" open" if len(facts[part]) <= 6 else ""}>'
                    f"<summary>output C\u00d7H\u00d7W and params ({len(facts[part])} row{'s' if len(facts[part]) != 1 else ''})"
                    f'</summary><table class="facts"><thead><tr><th>row</th><th>output</th><th>params</th></tr></thead>'
@@ -341,7 +264,7 @@ def _code_section(report: dict[str, Any], facts: dict[str, list[tuple[str, str, 
             if result is None:
                 status = '<span class="muted">not in this comparison</span>'
             elif "error" in result:
-                status = f'<span class="bad" title="{_esc(result["error"])}">failed: {_esc(result["error"][:120])}</span>'
+                status = f'<span class="bad" title="{escape(result["error"])}">failed: {escape(result["error"][:120])}</span>'
             else:
                 status = '<span class="good">parity ok</span>' if result["parity"]["ok"] else '<span class="bad">parity FAIL</span>'
             if where is None:
@@ -413,8 +336,8 @@ def render_report(report: dict[str, Any]) -> str:
         r = report["backends"][n]
         failure = report["failed"].get(n)
         env = r.get("environment") or {}
-        detail = (f"{_esc(env.get('framework_version', ''))} on {_esc(env.get('device', ''))}" if env else "")
-        cards.append(f'<div class="card" data-backend="{n}" style="border-left-color:{COLORS.get(n, "#555")}"><b>{_esc(n)}'
+        detail = (f"{escape(env.get('framework_version', ''))} on {escape(env.get('device', ''))}" if env else "")
+        cards.append(f'<div class="card" data-backend="{n}" style="border-left-color:{COLORS.get(n, "#555")}"><b>{escape(n)}'
                      f"</b> {_status_cell(r, failure)} <div class=\"muted\">{detail}</div></div>")
     title = f"{report['name']}: {', '.join(names)}"
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -422,10 +345,10 @@ def render_report(report: dict[str, Any]) -> str:
                else f'<span class="bad">{len(report["failed"])} backend(s) failed</span>')
     facts = part_facts(report["analytic"])
     body = "".join([
-        f"<header><h1>{_esc(report['name'])} across frameworks</h1><p>input {report['batch']}\u00d7"
-        f"{_shape(report['input_shape'])}, seed {report['seed']}, device {_esc(report['device'])}, "
-        f"{_esc(report['precision'])}; {report['analytic']['total_params']:,} parameters; {verdict}. "
-        f"<span class=\"muted\">Written by resnet-multi report, {_esc(when)}.</span></p>"
+        f"<header><h1>{escape(report['name'])} across frameworks</h1><p>input {report['batch']}\u00d7"
+        f"{_shape(report['input_shape'])}, seed {report['seed']}, device {escape(report['device'])}, "
+        f"{escape(report['precision'])}; {report['analytic']['total_params']:,} parameters; {verdict}. "
+        f"<span class=\"muted\">Written by resnet-multi report, {escape(when)}.</span></p>"
         '<nav class="parts"><a href="#layers-section">layers</a> <a href="#parity-section">parity</a> '
         '<a href="#speed-section">speed</a> <a href="#training-section">training</a> '
         '<a href="#environments-section">environments</a> <a href="#code">code side by side</a></nav>'
@@ -435,7 +358,7 @@ def render_report(report: dict[str, Any]) -> str:
     style = CSS + HtmlFormatter(style="default").get_style_defs(".hl")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_esc(title)}</title><style>{style}</style></head>"
+            f"<title>{escape(title)}</title><style>{style}</style></head>"
             f"<body class=\"wrap\">{body}<script>{SCRIPT}</script></body></html>\n")
 
 
