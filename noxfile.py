@@ -26,7 +26,7 @@ EXTRA_PACKAGES = {"torch": ("torch==2.14.1", "torchvision==0.29.1"),
 
 
 def _install(session: nox.Session, extra: str | None) -> None:
-    extras = "test,data,plot,report" if extra is None else f"test,data,plot,report,{extra}"
+    extras = "test,data,plot,report,predict" if extra is None else f"test,data,plot,report,predict,{extra}"
     # Editable: the checkout is what runs, so a session tests the working tree.
     session.install("-e", f".[{extras}]", *EXTRA_PACKAGES.get(extra or "", ()))
 

@@ -87,6 +87,11 @@ def backends_arg(text: str) -> list[str]:
     return list(dict.fromkeys(names))  # each once, in the order given
 
 
+def backends_or_all_arg(text: str) -> list[str]:
+    """``all`` (every backend) or a comma-separated list."""
+    return list(faces.names()) if text.strip().lower() == "all" else backends_arg(text)
+
+
 def preset_arg(text: str) -> str:
     """A preset's name (not a spec file): an unknown one is argparse's one-line error, with a suggestion."""
     try:

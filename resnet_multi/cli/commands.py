@@ -49,19 +49,33 @@ def cmd_summary(args: argparse.Namespace) -> dict[str, Any]:
 
     spec = presets.resolve(args.model)
     shape = args.input_shape or spec.input_shape
+    _register_weights_file(args)
     if args.backend is None:  # arithmetic only: any size is fine
+        if args.weights is not None:
+            raise UserError("--weights: the analytic table has no weights; add --backend to measure a model with them")
         return layer_table(spec, shape).to_dict()
     from resnet_multi.run.measure import measured_table
 
-    table, info = measured_table(spec, args.backend, shape, device=args.device, allow_large=args.allow_large)
-    return {**table.to_dict(), "backend": info["backend"], "device": info["device"]}
+    table, info = measured_table(spec, args.backend, shape, device=args.device, allow_large=args.allow_large,
+                                 state=_pretrained(spec, args))
+    return {**table.to_dict(), "backend": info["backend"], "device": info["device"],
+            **({"weights": args.weights} if args.weights is not None else {})}
 
 
 def cmd_parity(args: argparse.Namespace) -> dict[str, Any]:
     from resnet_multi.numerics.parity import parity_report
 
-    return parity_report(args.model, args.backend, args.input_shape, seed=args.seed, mode=args.mode,
-                         batch=args.batch_size, device=args.device, allow_large=args.allow_large)
+    _register_weights_file(args)
+    state = None
+    if args.weights is not None:  # a bad input or what cannot fit: its one line before any download
+        from resnet_multi.arch.memory import check_model_fits
+
+        spec = presets.resolve(args.model)
+        check_model_fits(spec, args.input_shape or spec.input_shape, args.batch_size, allow_large=args.allow_large)
+        state = _pretrained(spec, args)
+    report = parity_report(args.model, args.backend, args.input_shape, seed=args.seed, mode=args.mode,
+                           batch=args.batch_size, device=args.device, allow_large=args.allow_large, state=state)
+    return {**report, "weights": args.weights} if args.weights is not None else report
 
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
@@ -69,6 +83,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     from resnet_multi.run.interpreters import parse_python_overrides
 
     python = parse_python_overrides(args.python)
+    _register_weights_file(args)
     if args.plot:  # before the run, not after it
         from resnet_multi.cli.plot import check_plot_destination
 
@@ -77,7 +92,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     report = run_compare(args.model, args.backends, args.input_shape, batch=args.batch_size, seed=args.seed,
                          device=args.device, precision=args.precision, repeats=args.repeats,
                          train_steps=args.train_steps, python=python, progress=progress,
-                         allow_large=args.allow_large)
+                         allow_large=args.allow_large, weights=args.weights)
     if args.plot:
         from resnet_multi.cli.plot import plot_compare
 
@@ -120,11 +135,14 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.out:
         _check_run_folder(args.out)
+    _register_weights_file(args)
     config = TrainConfig(model=args.model, backend=args.backend, dataset=args.dataset, data_dir=args.data_dir,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                          resize=args.resize, seed=args.seed, device=args.device, precision=args.precision,
-                         out=args.out, resume=args.resume, allow_large=args.allow_large)
-    return train(config, Progress(enabled=not args.quiet))
+                         out=args.out, resume=args.resume, allow_large=args.allow_large, weights=args.weights,
+                         num_classes=args.num_classes)
+    pretrained = None if args.resume else _pretrained(presets.resolve(args.model), args)  # resume: the checkpoint's
+    return train(config, Progress(enabled=not args.quiet), pretrained=pretrained)
 
 
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -137,13 +155,53 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     layer_table(spec, shape)  # a bad shape is a clear error before any framework work
     # Refuse what cannot fit in memory before anything is built (--allow-large skips it).
     check_model_fits(spec, shape, args.batch_size, train=args.mode == "train", allow_large=args.allow_large)
+    _register_weights_file(args)
     face = faces.backend(args.backend)
-    model = face.build(spec, device=args.device)
+    model = face.build(spec, device=args.device, state=_pretrained(spec, args))
     x = np.random.default_rng(0).standard_normal((args.batch_size, *shape)).astype(np.float32)
     result = face.benchmark(model, x, mode=args.mode, precision=args.precision, repeats=args.repeats,
                             warmup=args.warmup, compile=args.compile)
     return {"name": spec.name, "backend": face.name, "device": face.device_of(model),
-            "framework_version": face.version(), "input_shape": list(shape), **result}
+            "framework_version": face.version(), "input_shape": list(shape),
+            **({"weights": args.weights} if args.weights is not None else {}), **result}
+
+
+def _register_weights_file(args: argparse.Namespace) -> None:
+    """--weights-file FILE (repeatable): the user entries it holds, registered before --weights is looked up."""
+    from resnet_multi.weights import registry
+
+    for path in args.weights_file or []:
+        registry.register(path)
+
+
+def _pretrained(spec, args: argparse.Namespace):
+    """The canonical state of --weights for the spec (downloaded, verified, converted once), or None."""
+    if args.weights is None:
+        return None
+    from resnet_multi.run import fetch
+
+    faces.backend(args.backend).module("model")  # a missing framework is its one line before any download
+    return fetch.load(spec, args.weights, quiet=getattr(args, "quiet", False))
+
+
+def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
+    from resnet_multi.run import predict
+
+    _register_weights_file(args)
+    if args.backends is not None:
+        from resnet_multi.run.interpreters import parse_python_overrides
+
+        progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+        report = predict.predict_all(args.model, args.images, args.weights, args.backends, top=args.top,
+                                     device=args.device, python=parse_python_overrides(args.python),
+                                     progress=progress, quiet=args.quiet)
+        for backend, why in report["failed"].items():
+            print(f"resnet-multi predict: {backend} failed: {why}", file=sys.stderr)
+        return report
+    from resnet_multi.run.interpreters import parse_python_overrides
+
+    return predict.predict(args.model, args.images, args.weights, args.backend, top=args.top, device=args.device,
+                           python=parse_python_overrides(args.python), quiet=args.quiet)
 
 
 def cmd_weights_list(args: argparse.Namespace) -> dict[str, Any]:
@@ -172,6 +230,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "convert": (cmd_convert, fmt.format_convert),
     "train": (cmd_train, fmt.format_train),
     "bench": (cmd_bench, fmt.format_bench),
+    "predict": (cmd_predict, fmt.format_predict),
     "weights list": (cmd_weights_list, fmt.format_weights_list),
     "weights show": (cmd_weights_show, fmt.format_weights_show),
 }
@@ -214,6 +273,14 @@ def _add_python(p: argparse.ArgumentParser) -> None:
                    help="the interpreter of a backend's environment (repeatable)")
 
 
+def _add_weights(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--weights", type=arg.path_arg, required=required, metavar="NAME_OR_PATH",
+                   help="pretrained weights: a registry name (resnet-multi weights list), a user entry's name "
+                        "(--weights-file) or a weights file; downloaded, verified and converted once")
+    p.add_argument("--weights-file", type=arg.path_arg, action="append", metavar="FILE",
+                   help="a TOML file of user weights entries ([[weights]] tables; repeatable)")
+
+
 def _add_compare_options(p: argparse.ArgumentParser) -> None:
     _add_model(p)
     p.add_argument("--backends", type=arg.backends_arg, default=faces.names(), metavar="LIST",
@@ -227,6 +294,7 @@ def _add_compare_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-steps", type=arg.nonnegative_int, default=0, metavar="N",
                    help="also show the loss of the first N plain-SGD steps per backend")
     _add_python(p)
+    _add_weights(p)
     p.add_argument("--plot", type=arg.path_arg, metavar="FILE.png", help="write a chart: speed per backend, parity per layer")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (failures still are)")
     _add_allow_large(p)
@@ -251,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_shape(p)
     _add_backend(p, required=False, help=f"measure on a real model: {', '.join(faces.names())}")
     _add_device(p)
+    _add_weights(p)
     _add_allow_large(p)
 
     p = sub.add_parser("parity", parents=[with_json], help="one backend against the NumPy reference, layer by layer",
@@ -266,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("eval", "train"), default="eval",
                    help="eval: running statistics; train: batch statistics and their update (default eval)")
     _add_device(p)
+    _add_weights(p)
     _add_allow_large(p)
 
     p = sub.add_parser("compare", parents=[with_json], help="every backend side by side, each in its own environment",
@@ -315,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=arg.positive_int, default=5, metavar="N")
     p.add_argument("--warmup", type=arg.nonnegative_int, default=2, metavar="N")
     p.add_argument("--compile", action="store_true", help="torch.compile (torch; others compile anyway)")
+    _add_weights(p)
     _add_allow_large(p)
 
     p = sub.add_parser("train", parents=[with_json], help="train in one backend (the book's recipe by default)",
@@ -338,7 +409,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=arg.path_arg, metavar="DIR", help="run folder (default runs/NAME-BACKEND)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _add_weights(p)
+    p.add_argument("--num-classes", type=arg.positive_int, metavar="K",
+                   help="replace the head by a freshly initialised one of K classes (seeded, the spec's init)")
     _add_allow_large(p)
+
+    p = sub.add_parser("predict", parents=[with_json], help="classify images with pretrained weights",
+                       description="Classify images: read with Pillow (the predict extra), the weights entry's "
+                                   "preprocessing applied once in NumPy (the same input for every framework), "
+                                   "top-k class names and probabilities (softmax in float64). --backends runs "
+                                   "each backend in its own environment and shows whether they agree; exits 1 "
+                                   "when they do not or one fails.")
+    p.add_argument("images", nargs="+", type=arg.path_arg, metavar="IMAGE")
+    p.add_argument("--model", type=arg.path_arg, required=True, metavar="NAME_OR_SPEC_FILE",
+                   help="a preset name or a .json/.toml spec file")
+    _add_weights(p, required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--backend", type=arg.backend_arg, metavar="NAME", help=f"one of {', '.join(faces.names())}")
+    which.add_argument("--backends", type=arg.backends_or_all_arg, metavar="LIST",
+                       help="all, or a comma-separated list: each in its own environment, side by side")
+    p.add_argument("--top", type=arg.positive_int, default=5, metavar="K", help="how many classes (default 5)")
+    _add_device(p)
+    _add_python(p)
+    p.add_argument("--quiet", action="store_true", help="no progress lines or download bar on stderr")
 
     p = sub.add_parser("weights", help="the registry of published pretrained weights",
                        description="The registry of published ImageNet weights (torchvision, keras.applications, "

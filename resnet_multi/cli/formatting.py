@@ -220,3 +220,32 @@ def format_weights_show(report: dict[str, Any]) -> str:
     if "note" in report:
         lines.append(f"note: {report['note']}")
     return "\n".join(lines)
+
+
+def _predictions(predictions: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for item in predictions:
+        lines.append(item["image"])
+        rows = [(t["index"], t["label"] if t["label"] is not None else "", f"{t['probability']:.4f}")
+                for t in item["top"]]
+        lines.append(render_table(("class", "label", "probability"), rows, (True, False, True)))
+    return lines
+
+
+def format_predict(report: dict[str, Any]) -> str:
+    if "backends" not in report:  # one backend, here
+        title = f"{report['model']} with {report['weights']} on {report['backend']} ({report['device']})"
+        return "\n".join([title, *_predictions(report["predictions"])])
+    lines = [f"{report['model']} with {report['weights']}: " + ", ".join(report["backends"])]
+    if "predictions" in report:
+        lines += [f"predictions of {report['backend']}:", *_predictions(report["predictions"])]
+    agreement = report.get("agreement") or {"backends": {}}
+    rows = []
+    for backend, column in report["backends"].items():
+        if "error" in column:
+            rows.append((backend, "FAILED", column["error"]))
+            continue
+        mine = agreement["backends"][backend]
+        rows.append((backend, "yes" if mine["same_top"] else "NO", f"{mine['max_probability_diff']:.2e}"))
+    lines.append(render_table(("backend", "same top-k", "max probability diff"), rows, (False, False, True)))
+    return "\n".join(lines)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -46,11 +46,13 @@ def logits_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def parity_report(spec: ResNetSpec | str, backend: str, input_shape=None, seed: int = 0, mode: str = "eval",
-                  batch: int = 2, device: str = "auto", allow_large: bool = False) -> dict[str, Any]:
-    """Run the backend and the reference on the same seeded weights and input.
+                  batch: int = 2, device: str = "auto", allow_large: bool = False,
+                  state: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Run the backend and the reference on the same weights and seeded input.
 
-    Weights are the spec's seeded init with random BN statistics and affine
-    parameters (so that no BN is an identity). In train mode the running
+    Weights are ``state`` (e.g. pretrained ones), else the spec's seeded init
+    with random BN statistics and affine parameters (so that no BN is an
+    identity). In train mode the running
     statistics each side computed are compared too. What cannot fit in memory
     is refused (TooLarge) before anything is allocated, unless ``allow_large``.
     """
@@ -65,7 +67,7 @@ def parity_report(spec: ResNetSpec | str, backend: str, input_shape=None, seed: 
     check_model_fits(spec, input_shape, batch, allow_large=allow_large)  # forward passes only
     face = faces.backend(backend)
     face.module("model")  # a missing framework is its one-line error before anything is allocated
-    state = init_weights(spec, seed, perturb_bn=True)
+    state = init_weights(spec, seed, perturb_bn=True) if state is None else state
     x = seeded_input(input_shape, batch, seed)
     model = face.build(spec, device=device, state=state)
     train = mode == "train"

@@ -26,6 +26,7 @@ from resnet_multi.arch.shapes import layer_table
 from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.files import atomic_write
 from resnet_multi.numerics.parity import seeded_input
+from resnet_multi.run import fetch
 from resnet_multi.run.interpreters import child_env, find_python
 from resnet_multi.weights.canonical import init_weights, save_state
 
@@ -35,7 +36,8 @@ WORKER_TIMEOUT_S = 1800
 def run_compare(spec: ResNetSpec | str, backends: list[str], input_shape=None, batch: int = 8, seed: int = 0,
                 device: str = "cpu", precision: str = "fp32", repeats: int = 5, train_steps: int = 0,
                 python: dict[str, str] | None = None, progress: Callable[[str], None] | None = None,
-                allow_large: bool = False) -> dict[str, Any]:
+                allow_large: bool = False, weights: str | None = None) -> dict[str, Any]:
+    """``weights`` (a weights name or file: run/fetch.py) replaces the seeded weights with random BN statistics."""
     spec = resolve(spec)
     input_shape = tuple(input_shape or spec.input_shape)
     analytic = layer_table(spec, input_shape)
@@ -45,9 +47,11 @@ def run_compare(spec: ResNetSpec | str, backends: list[str], input_shape=None, b
     report: dict[str, Any] = {
         "name": spec.name, "input_shape": list(input_shape), "batch": batch, "seed": seed, "device": device,
         "precision": precision, "analytic": analytic.to_dict(), "backends": {},
+        **({"weights": str(weights)} if weights is not None else {}),
     }
+    state = init_weights(spec, seed, perturb_bn=True) if weights is None else fetch.load(spec, weights, python=python)
     with tempfile.TemporaryDirectory(prefix="resnet-multi-compare-") as tmp:
-        weights_path = save_state(init_weights(spec, seed, perturb_bn=True), Path(tmp) / "weights.safetensors", spec)
+        weights_path = save_state(state, Path(tmp) / "weights.safetensors", spec)
         input_path = Path(tmp) / "input.npy"
         np.save(input_path, seeded_input(input_shape, batch, seed))
         request = {"spec": spec.to_dict(), "weights": str(weights_path), "input": str(input_path),
@@ -58,7 +62,7 @@ def run_compare(spec: ResNetSpec | str, backends: list[str], input_shape=None, b
         for backend in backends:
             say(f"[{backend}] starting")
             start = time.perf_counter()
-            result = _run_worker(backend, request_path, python or {})
+            result = run_worker(backend, request_path, python or {})
             result["wall_s"] = round(time.perf_counter() - start, 2)
             report["backends"][backend] = result
             failure = backend_failure(result)
@@ -84,7 +88,7 @@ def _first_line(text: str) -> str:
     return (str(text).strip().splitlines() or ["(no message)"])[0]
 
 
-def _run_worker(backend: str, request_path: Path, overrides: dict[str, str]) -> dict[str, Any]:
+def run_worker(backend: str, request_path: Path, overrides: dict[str, str]) -> dict[str, Any]:
     python, source = find_python(backend, overrides)
     if python is None:
         return {"error": source}

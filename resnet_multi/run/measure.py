@@ -20,21 +20,23 @@ def _chw(activation: np.ndarray) -> tuple[int, int, int]:
 
 
 def measured_table(spec: ResNetSpec | str, backend: str, input_shape=None, device: str = "auto",
-                   batch: int = 2, seed: int = 0, allow_large: bool = False) -> tuple[LayerTable, dict[str, Any]]:
+                   batch: int = 2, seed: int = 0, allow_large: bool = False, state=None
+                   ) -> tuple[LayerTable, dict[str, Any]]:
     """Build the native model, run a real forward pass, and tabulate what it did.
 
     Shapes come from the activations the framework computed; params and
     buffers are counted from the framework's own variables. MACs are the
     analytic ones (frameworks do not count them). Returns the table and
     ``{"backend", "device", "framework_version"}``. What cannot fit in memory
-    is refused (TooLarge) before the model is built, unless ``allow_large``.
+    is refused (TooLarge) before the model is built, unless ``allow_large``. ``state``: a canonical
+    state for the model (pretrained weights) instead of the seeded init.
     """
     spec = resolve(spec)
     input_shape = tuple(input_shape or spec.input_shape)
     expected = layer_table(spec, input_shape)  # raises InputTooSmall before anything is built
     check_model_fits(spec, input_shape, batch, allow_large=allow_large)
     face = faces.backend(backend)
-    model = face.build(spec, device=device)
+    model = face.build(spec, device=device, state=state)
     x = np.random.default_rng(seed).standard_normal((batch, *input_shape)).astype(np.float32)
     table = tabulate(expected, face.activations(model, x, train=False), face.row_counts(model))
     info = {"backend": face.name, "device": face.device_of(model), "framework_version": face.version()}

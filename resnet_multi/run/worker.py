@@ -3,7 +3,7 @@
 ``python -m resnet_multi.run.worker --backend B --request request.json`` reads
 the shared spec, weights file and input, and prints one JSON line: measured
 layer table, parity against the NumPy reference, timings, and the
-environment. Internal: users run ``resnet-multi compare``.
+environment (a ``"kind": "predict"`` request: the logits only). Internal: users run ``resnet-multi compare``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from resnet_multi.weights.canonical import load_state
 
 
 def run(backend: str, request: dict[str, Any]) -> dict[str, Any]:
+    if request.get("kind") == "predict":
+        return predict(backend, request)
     spec = spec_from_dict(request["spec"])
     face = faces.backend(backend)
     state = load_state(request["weights"], spec)
@@ -56,6 +58,16 @@ def run(backend: str, request: dict[str, Any]) -> dict[str, Any]:
         except Exception as exc:  # the column says why; parity and speed above are kept
             result["train"] = {"error": _reason(exc)}
     return result
+
+
+def predict(backend: str, request: dict[str, Any]) -> dict[str, Any]:
+    """``predict --backends``: the logits of the shared input with the shared weights (run/predict.py)."""
+    spec = spec_from_dict(request["spec"])
+    face = faces.backend(backend)
+    model = face.build(spec, device=request["device"], state=load_state(request["weights"], spec))
+    logits = np.asarray(face.forward(model, np.load(request["input"])), dtype=np.float64)
+    return {"backend": backend, "logits": logits.tolist(), "device": face.device_of(model),
+            "framework_version": face.version()}
 
 
 def _reason(exc: Exception) -> str:

@@ -26,7 +26,7 @@ import math
 import numbers
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -40,7 +40,7 @@ from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.errors import UserError
 from resnet_multi.files import atomic_write
 from resnet_multi.training import data as datasets
-from resnet_multi.weights.canonical import WeightsError, check_state
+from resnet_multi.weights.canonical import WeightsError, check_state, expected_shapes, init_weights
 
 OPTIMIZER_PREFIX = "optimizer."
 CHECKPOINT_FORMAT = "resnet-multi/checkpoint-1"
@@ -68,6 +68,8 @@ class TrainConfig:
     out: str | None = None
     resume: bool = False
     allow_large: bool = False  # skip the memory check (--allow-large)
+    weights: str | None = None  # pretrained weights to start from (a name or a file; their state: train(pretrained=))
+    num_classes: int | None = None  # a new head of this many classes, freshly initialised (--num-classes)
 
 
 class TrainingDiverged(UserError, ArithmeticError):
@@ -87,6 +89,10 @@ def check_config(config: TrainConfig) -> None:
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
         if not ok or not (value > low if name == "lr" else low <= value < high):
             raise UserError(f"{name} must be a finite number {rule}, got {value!r}")
+    if config.num_classes is not None and (isinstance(config.num_classes, bool)
+                                           or not isinstance(config.num_classes, numbers.Integral)
+                                           or config.num_classes < 1):
+        raise UserError(f"num_classes must be a positive integer, got {config.num_classes!r}")
     for name in ("backend", "dataset", "device", "precision"):
         if not isinstance(getattr(config, name), str):
             raise UserError(f"{name} must be a string, got {getattr(config, name)!r}")
@@ -190,6 +196,33 @@ def check_resumable(path: Path, meta: dict[str, Any], config: TrainConfig, spec:
                         f"pass --epochs above {meta['epoch']} to continue")
 
 
+# -- fine-tuning ---------------------------------------------------------------------------------
+
+
+def head_names(spec: ResNetSpec) -> list[str]:
+    """The canonical names of the tensors whose shape follows the number of classes (the head)."""
+    now = expected_shapes(spec)
+    other = expected_shapes(replace(spec, num_classes=spec.num_classes + 1))
+    return [k for k, shape in now.items() if other.get(k) != shape]
+
+
+def with_new_head(pretrained: dict[str, np.ndarray], spec: ResNetSpec, seed: int) -> dict[str, np.ndarray]:
+    """``spec``'s seeded canonical state (its head: ``spec.num_classes`` classes, from the spec's init) with every
+    other tensor taken from ``pretrained``."""
+    fresh = init_weights(spec, seed)
+    head = set(head_names(spec))
+    missing = sorted(k for k in fresh if k not in head and k not in pretrained)
+    if missing:
+        raise WeightsError(f"the pretrained weights lack {', '.join(missing[:8])} of {spec.name}")
+    return {k: (v if k in head else np.asarray(pretrained[k], dtype=np.float32)) for k, v in fresh.items()}
+
+
+def model_spec(config: TrainConfig) -> ResNetSpec:
+    """The trained spec: the model's, with ``num_classes`` classes when the config asks for a new head."""
+    spec = resolve(config.model)
+    return spec if config.num_classes is None else replace(spec, num_classes=config.num_classes)
+
+
 # -- progress ----------------------------------------------------------------------------------
 
 
@@ -267,9 +300,16 @@ def remove_created(created: list[Path]) -> None:
 
 
 def train(config: TrainConfig, progress: Progress | None = None,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+          on_epoch: Callable[[dict[str, Any]], None] | None = None,
+          pretrained: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Train (or resume); ``pretrained``: the canonical state of ``config.weights`` for ``config.model``
+    (resnet_multi.run.fetch.load gives it), the start of a fine-tuning run; with ``config.num_classes`` its
+    head is replaced by a freshly initialised one."""
     check_config(config)
-    spec = resolve(config.model)
+    if config.weights is not None and pretrained is None and not config.resume:
+        raise UserError(f"weights {config.weights!r}: pass their state as pretrained= "
+                        "(resnet_multi.run.fetch.load(model, weights))")
+    spec = model_spec(config)
     face = faces.backend(config.backend)
     backend = face.name
     progress = progress or Progress()
@@ -293,7 +333,12 @@ def train(config: TrainConfig, progress: Progress | None = None,
         check_state(spec, weights, source=str(ckpt_path))
         start_epoch, history = meta["epoch"], meta["history"]
     check_memory(config, spec)
-    model = face.build(spec, device=config.device, seed=config.seed)
+    start = None
+    if pretrained is not None and not config.resume:
+        base = resolve(config.model)
+        check_state(base, pretrained, source=str(config.weights or "pretrained"))
+        start = with_new_head(pretrained, spec, config.seed) if config.num_classes is not None else dict(pretrained)
+    model = face.build(spec, device=config.device, seed=config.seed, state=start)
     if start_epoch == config.epochs:
         progress.note(f"{ckpt_path} already holds all {start_epoch} epochs: nothing to train")
         return _report(config, spec.name, backend, history, face.device_of(model), out)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from resnet_multi.arch import presets
 from resnet_multi.arch.spec import Stage
+from resnet_multi.run.interpreters import child_env, find_python
 from resnet_multi.weights.canonical import init_weights
+
+ROOT = Path(__file__).resolve().parents[2]
 
 RTOL = 1e-4  # logits within RTOL * max(1, max |logits|), as the parity suite
 TIMING_KEYS = {"median_s", "min_s", "max_s", "stdev_s", "images_per_s", "repeats", "warmup", "batch"}
@@ -64,3 +69,16 @@ def check_bench(result, mode, batch, precision="fp32"):
     assert TIMING_KEYS | {"mode", "precision", "practice"} <= set(result)
     assert result["mode"] == mode and result["precision"] == precision and result["batch"] == batch
     assert result["median_s"] > 0 and result["images_per_s"] > 0
+
+
+def run_in_torch_env(script: str, out: Path) -> None:
+    """Run ``script`` (argv: out, the checkout) in the torch environment, where torchvision itself makes the
+    checkpoints and reference outputs other backends are checked against; skipped where torch is missing."""
+    python, why = find_python("torch", {})
+    if python is None:
+        pytest.skip(f"torch is missing: {why}")
+    done = subprocess.run([python, "-c", script, str(out), str(ROOT)], capture_output=True, text=True,
+                          env=child_env(), timeout=300)
+    if done.returncode != 0 and "No module named" in done.stderr:
+        pytest.skip(f"the torch environment lacks a package: {done.stderr.strip().splitlines()[-1]}")
+    assert done.returncode == 0, done.stderr[-2000:]

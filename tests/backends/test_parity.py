@@ -46,3 +46,17 @@ def test_parity_report_schema(backend, face):
         assert key in report
     assert [r["name"] for r in report["layers"]][:2] == ["stem", "layer1.0"]
     assert report["layers"][-1]["name"] == "fc"
+
+
+def test_parity_of_given_weights(backend, face):
+    """state= checks those weights (e.g. pretrained ones) instead of the seeded init."""
+    from resnet_multi.weights.canonical import init_weights
+
+    spec = presets.get("resnet20")
+    given = init_weights(spec, 11, perturb_bn=True)
+    ours = parity_report(spec, backend, (3, 9, 11), seed=0, device="cpu", state=given)
+    seeded = parity_report(spec, backend, (3, 9, 11), seed=0, device="cpu")
+    assert ours["ok"] and seeded["ok"]
+    assert ours["ref_max_abs"] != seeded["ref_max_abs"]  # other weights, other logits
+    assert ours["ref_max_abs"] == parity_report(spec, backend, (3, 9, 11), seed=0, device="cpu",
+                                                state=init_weights(spec, 11, perturb_bn=True))["ref_max_abs"]

@@ -10,7 +10,6 @@ model must give torchvision's logits (the parity tolerance), and a second build 
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,14 +18,12 @@ import pytest
 
 import resnet_multi
 from resnet_multi.run import fetch
-from resnet_multi.run.interpreters import child_env, find_python
 from resnet_multi.weights import registry
 
 from ..core.weights_server import serve
-from .native_helpers import tol
+from .native_helpers import run_in_torch_env, tol
 
 NAME = "test/torchvision-random"
-ROOT = Path(__file__).resolve().parents[2]
 # Run by the torch environment's interpreter: torchvision's own resnet18, random BN statistics (the helper
 # of test_torch_native.py), its checkpoint, an input and torchvision's logits for it.
 MAKE = r"""
@@ -50,15 +47,8 @@ with torch.no_grad():
 @pytest.fixture(scope="module")
 def torchvision_checkpoint(tmp_path_factory):
     """(the .pth bytes, the input, torchvision's logits), made by torchvision in the torch environment."""
-    python, why = find_python("torch", {})
-    if python is None:
-        pytest.skip(f"torch is missing: {why}")
     out = tmp_path_factory.mktemp("torchvision")
-    done = subprocess.run([python, "-c", MAKE, str(out), str(ROOT)], capture_output=True, text=True, env=child_env(),
-                          timeout=300)
-    if done.returncode != 0 and "No module named 'torch" in done.stderr:
-        pytest.skip("torch or torchvision is missing in the torch environment")
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_in_torch_env(MAKE, out)
     return (out / "resnet18.pth").read_bytes(), np.load(out / "x.npy"), np.load(out / "logits.npy")
 
 
