@@ -15,7 +15,7 @@ import pytest
 from resnet_multi.arch.memory import TooLarge
 from resnet_multi.arch.presets import resolve
 from resnet_multi.errors import UserError
-from resnet_multi.training import loop
+from resnet_multi.training import checkpoints, loop
 from resnet_multi.training.loop import (
     Progress,
     TrainConfig,
@@ -119,7 +119,7 @@ def good_meta(tmp_path) -> dict:
 def test_a_file_that_is_not_a_whole_checkpoint_is_one_line(tmp_path, case):
     ckpt = tmp_path / "run" / "checkpoint.safetensors"
     meta = good_meta(tmp_path)
-    fmt = {"format": loop.CHECKPOINT_FORMAT}
+    fmt = {"format": checkpoints.CHECKPOINT_FORMAT}
     if case == "random bytes":
         ckpt.parent.mkdir()
         ckpt.write_bytes(np.random.default_rng(0).bytes(300))
@@ -146,7 +146,7 @@ def test_a_file_that_is_not_a_whole_checkpoint_is_one_line(tmp_path, case):
 
 def test_a_whole_checkpoint_loads(tmp_path):
     ckpt = tmp_path / "run" / "checkpoint.safetensors"
-    write_checkpoint(ckpt, {"format": loop.CHECKPOINT_FORMAT, "meta": json.dumps(good_meta(tmp_path))})
+    write_checkpoint(ckpt, {"format": checkpoints.CHECKPOINT_FORMAT, "meta": json.dumps(good_meta(tmp_path))})
     weights, optimizer, meta = load_checkpoint(ckpt)
     assert list(weights) == ["fc.bias"] and optimizer == {} and meta["epoch"] == 1
 
