@@ -26,16 +26,8 @@ def from_channels_last(native: np.ndarray) -> np.ndarray:
     return native.T if native.ndim == 2 else native
 
 
-def channels_last_shape(canonical_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The channels-last shape of a tensor of this canonical shape."""
-    shape = tuple(canonical_shape)
-    if len(shape) == 4:
-        return (shape[2], shape[3], shape[1], shape[0])
-    return shape[::-1] if len(shape) == 2 else shape
-
-
 def canonical_shape(channels_last: tuple[int, ...]) -> tuple[int, ...]:
-    """The inverse of channels_last_shape."""
+    """The canonical shape of a tensor stored channels-last (a Keras/Flax kernel's shape)."""
     shape = tuple(channels_last)
     if len(shape) == 4:
         return (shape[3], shape[2], shape[0], shape[1])

@@ -45,7 +45,6 @@ from resnet_multi.weights.formats import FORMATS
 ZOO_FILE = Path(__file__).with_name("zoo.toml")
 # A category list's name -> (its file beside this module, how many names it holds).
 CATEGORY_SETS = {"imagenet-1k": ("imagenet_categories.txt", 1000)}
-KNOWN_FORMATS = tuple(FORMATS)  # an entry's file is read by convert's reader of its format
 CHECKSUMS = {"sha256": 64, "md5": 32, "sha1": 40, "sha256-prefix": None}
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -195,7 +194,7 @@ def _bool(value: Any) -> bool:
 
 # table -> field -> (check, required)
 FIELDS: dict[str, dict[str, tuple[Any, bool]]] = {
-    "": {"name": (_text, True), "arch": (_text, True), "url": (_url, True), "format": (_one_of(*KNOWN_FORMATS), True),
+    "": {"name": (_text, True), "arch": (_text, True), "url": (_url, True), "format": (_one_of(*FORMATS), True),
          "categories": (_one_of(*CATEGORY_SETS), True), "source": (_text, True), "note": (_text, False),
          "sha256": (_text, False), "checksum": (dict, True), "preprocessing": (dict, True),
          "accuracy": (dict, False), "archive": (dict, False)},

@@ -26,12 +26,6 @@ from resnet_multi.weights.layouts import from_channels_last, to_channels_last
 _BLOCK_RE = re.compile(r"^layer(\d+)\.(\d+)\.(.+)$")
 
 
-def from_torchvision(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """torchvision/timm state_dict -> canonical state: the same names, minus BN batch counters."""
-    return {k: np.asarray(v, dtype=np.float32) for k, v in state_dict.items()
-            if not k.endswith("num_batches_tracked")}
-
-
 # -- keras.applications -------------------------------------------------------------
 
 _KERAS_PARTS = {"conv1": "1_conv", "bn1": "1_bn", "conv2": "2_conv", "bn2": "2_bn", "conv3": "3_conv",
@@ -151,5 +145,5 @@ def to_gluon_zoo(spec: ResNetSpec, state: Mapping[str, np.ndarray]) -> dict[str,
     return out
 
 
-__all__ = ["from_torchvision", "keras_applications_layer", "keras_variables", "canonical_from_keras",
+__all__ = ["keras_applications_layer", "keras_variables", "canonical_from_keras",
            "gluon_zoo_names", "from_gluon_zoo", "to_gluon_zoo"]
