@@ -18,7 +18,8 @@ from resnet_multi.arch import presets
 from resnet_multi.arch.plan import plan
 from resnet_multi.arch.presets import register, resolve
 from resnet_multi.arch.shapes import layer_table
-from resnet_multi.arch.spec import BatchNorm, ResNetSpec, Stage, Stem, load_spec, save_spec
+from resnet_multi.arch.shapes import feature_info
+from resnet_multi.arch.spec import BatchNorm, ResNetSpec, Stage, Stem, load_spec, save_spec, with_head
 from resnet_multi.errors import BackendUnavailable, DeviceUnavailable, PrecisionUnavailable, SpecError, UserError
 from resnet_multi.faces import BackendFace, backend
 from resnet_multi.weights import registry
@@ -27,9 +28,10 @@ __version__ = "0.2.0"
 
 __all__ = [
     "BackendFace", "BackendUnavailable", "BatchNorm", "DeviceUnavailable", "PrecisionUnavailable", "ResNetSpec",
-    "SpecError", "Stage", "Stem", "UserError", "backend", "backend_names", "backend_of", "build", "get_spec",
+    "SpecError", "Stage", "Stem", "UserError", "backend", "backend_names", "backend_of", "build", "feature_info",
+    "get_spec",
     "layer_table", "list_presets", "load_spec", "load_weights", "plan", "register", "register_weights", "resolve", "save_spec",
-    "save_weights", "weights_info",
+    "save_weights", "weights_info", "with_head",
 ]
 
 
@@ -47,21 +49,41 @@ def backend_names() -> list[str]:
     return faces.names()
 
 
-def build(name_or_spec, backend: str = "torch", device: str = "auto", seed: int = 0, state=None, weights=None):
+def build(name_or_spec, backend: str = "torch", device: str = "auto", seed: int = 0, state=None, weights=None,
+          num_classes: int | None = None, features_only: bool = False, out_indices=None):
     """The native model of `backend` (torch, tensorflow, flax, mxnet) for a preset, file or spec.
 
     Its weights are the spec's seeded init, ``state`` (a canonical state dict) when given, or ``weights``:
     a weights name (``"torchvision/IMAGENET1K_V2"``: the registry's or one of ``register_weights``) or a
     local weights file's path, downloaded, verified and converted once (docs/weights.md).
+
+    The head, as timm's ``create_model`` takes it: ``num_classes=K`` a new classifier of K classes (freshly
+    initialised from ``seed``; every other tensor from the weights), ``num_classes=0`` no classifier (the
+    model returns the pooled features, N x C), ``features_only=True`` a feature extractor returning the maps
+    of ``out_indices`` (default every stage: 1 ... K; 0 is the stem) as a list, with ``model.feature_info``.
     """
     spec = resolve(name_or_spec)
+    if out_indices is not None and not features_only:
+        raise UserError("build: out_indices needs features_only=True")
+    if features_only:
+        indices = tuple(range(1, len(spec.stages) + 1)) if out_indices is None else out_indices
+        try:
+            target = with_head(spec, num_classes, features=indices)
+        except SpecError as exc:  # name the argument the caller gave
+            raise SpecError(f"out_indices: {str(exc).split(': ', 1)[-1]}") from None
+    else:
+        target = with_head(spec, num_classes)
     if weights is not None:
         if state is not None:
             raise UserError("build: pass state= or weights=, not both")
         from resnet_multi.run import fetch  # on use: downloads and conversions are not needed at import
 
-        state = fetch.load(spec, weights)
-    return faces.backend(backend).build(spec, device=device, seed=seed, state=state)
+        state = fetch.load(spec, weights)  # the whole network's, as the source published it
+    if state is not None and target != spec:
+        from resnet_multi.weights.canonical import with_new_head
+
+        state = with_new_head(state, target, seed)
+    return faces.backend(backend).build(target, device=device, seed=seed, state=state)
 
 
 def register_weights(path_or_entries) -> list[registry.Entry]:

@@ -28,6 +28,7 @@ import tempfile
 from types import ModuleType
 from typing import Any, Mapping
 
+from resnet_multi.arch.plan import plan
 from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.errors import BackendUnavailable
 
@@ -89,8 +90,15 @@ class BackendFace:
         return self.module("model").build(spec, device=device, seed=seed, state=state)
 
     def forward(self, model, x, train: bool = False):
-        """Logits (N, classes). train=True: BN uses batch statistics and updates its running ones."""
+        """What the model returns: logits (N, classes); the pooled features (N, C) with num_classes 0; a
+        feature extractor's (spec.features) list of NCHW maps. train=True: BN uses batch statistics and
+        updates its running ones."""
         return self.module("model").forward(model, x, train=train)
+
+    def forward_features(self, model, x):
+        """The NCHW map that global pooling reads: the last stage's output (after the final BN-ReLU of a
+        pre-activation net; a feature extractor's last row)."""
+        return self.activations(model, x)[plan(model.spec).pooled_row]
 
     def activations(self, model, x, train: bool = False) -> dict:
         """Every layer-table row's output in order ('stem', 'layer1.0', ..., 'avgpool', 'fc'), NCHW."""

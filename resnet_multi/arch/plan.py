@@ -15,10 +15,22 @@ shortcut without BN is just ``downsample.0``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from resnet_multi.arch.spec import ResNetSpec
+
+
+def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's padding='same' along one axis of ``size`` pixels: (before, after).
+
+    The output has ceil(size / stride) pixels; the padding they need is split with the
+    odd pixel after (at 96 the 7x7/2 stem conv pads 2 before and 3 after). It depends
+    on the size only through size mod stride.
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
 
 
 @dataclass(frozen=True)
@@ -28,9 +40,14 @@ class Conv:
     out_channels: int
     kernel: int
     stride: int
-    padding: int  # symmetric, on every side
+    padding: int  # symmetric, on every side (unless `same`)
     groups: int
     bias: bool
+    same: bool = False  # TensorFlow's 'same' padding instead: same_pads(size, kernel, stride) per axis
+
+    def pads(self, size: int) -> tuple[int, int]:
+        """(before, after) zero padding along an axis of ``size`` pixels."""
+        return same_pads(size, self.kernel, self.stride) if self.same else (self.padding, self.padding)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         shapes = {f"{self.name}.weight": (self.out_channels, self.in_channels // self.groups, self.kernel, self.kernel)}
@@ -39,7 +56,7 @@ class Conv:
         return shapes
 
     def out_size(self, size: int) -> int:
-        return (size + 2 * self.padding - self.kernel) // self.stride + 1
+        return (size + sum(self.pads(size)) - self.kernel) // self.stride + 1
 
 
 @dataclass(frozen=True)
@@ -59,16 +76,21 @@ class Norm:
 
 @dataclass(frozen=True)
 class Pool:
-    """The stem's max-pool: 3x3, stride 2, padding 1 on every side."""
+    """The stem's max-pool: 3x3, stride 2, padding 1 on every side (or TensorFlow's 'same')."""
 
     name: str
     kernel: int
     stride: int
     padding: int
     pad_value: str  # 'neg_inf' or 'zero', from spec.stem.pool_padding
+    same: bool = False  # 'same' padding widths (same_pads), filled with pad_value
+
+    def pads(self, size: int) -> tuple[int, int]:
+        """(before, after) padding along an axis of ``size`` pixels."""
+        return same_pads(size, self.kernel, self.stride) if self.same else (self.padding, self.padding)
 
     def out_size(self, size: int) -> int:
-        return (size + 2 * self.padding - self.kernel) // self.stride + 1
+        return (size + sum(self.pads(size)) - self.kernel) // self.stride + 1
 
 
 @dataclass(frozen=True)
@@ -126,7 +148,7 @@ class BlockPlan:
 @dataclass(frozen=True)
 class HeadPlan:
     post_bn: Norm | None  # pre-activation nets: BN + ReLU before pooling
-    fc: Linear
+    fc: Linear | None  # None: num_classes 0, the network ends in the pool (pooled features)
 
 
 @dataclass(frozen=True)
@@ -134,7 +156,25 @@ class Plan:
     spec: ResNetSpec
     stem: StemPlan
     stages: tuple[tuple[BlockPlan, ...], ...]
-    head: HeadPlan
+    head: HeadPlan | None  # None: a feature extractor (spec.features), which ends at its last feature
+
+    @property
+    def output_rows(self) -> tuple[str, ...]:
+        """The layer-table rows the network returns: its features in order, else 'avgpool' or 'fc'."""
+        if self.spec.features:
+            return tuple(self.feature_row(i) for i in self.spec.features)
+        return ("fc",) if self.head.fc is not None else ("avgpool",)
+
+    def feature_row(self, index: int) -> str:
+        """Feature index -> its layer-table row: 0 the stem, i the last block of stage i."""
+        return "stem" if index == 0 else self.stages[index - 1][-1].name
+
+    @property
+    def pooled_row(self) -> str:
+        """The row that global pooling reads ('forward_features'): the last stage's output, or post_bn's."""
+        if self.head is not None and self.head.post_bn is not None:
+            return "post_bn"
+        return self.stages[-1][-1].name if self.stages else "stem"
 
     @property
     def blocks(self) -> tuple[BlockPlan, ...]:
@@ -162,7 +202,8 @@ class Plan:
         mods = [m for m in (stem.input_bn, stem.conv, stem.bn) if m is not None]
         for block in self.blocks:
             mods.extend(block.modules)
-        return mods + ([self.head.post_bn] if self.head.post_bn else []) + [self.head.fc]
+        head = self.head
+        return mods + [m for m in ((head.post_bn, head.fc) if head else ()) if m is not None]
 
 
 def _block(spec: ResNetSpec, name: str, in_ch: int, stage_index: int, stride: int) -> BlockPlan:
@@ -182,6 +223,8 @@ def _block(spec: ResNetSpec, name: str, in_ch: int, stage_index: int, stride: in
             Conv(f"{name}.conv2", mid, mid, 3, s3, 1, stage.cardinality, "conv2" in bias),
             Conv(f"{name}.conv3", mid, out, 1, 1, 0, 1, "conv3" in bias),
         )
+    if "strided" in spec.same_padding:  # 'same' differs from kernel // 2 only where a k > 1 conv strides
+        convs = tuple(replace(c, same=True) if c.stride > 1 and c.kernel > 1 else c for c in convs)
     # Pre-activation blocks have no BN after their last conv.
     norm_convs = convs[:-1] if spec.preactivation else convs
     norms = tuple(Norm(f"{name}.bn{i + 1}", c.out_channels) for i, c in enumerate(norm_convs))
@@ -202,17 +245,20 @@ def _block(spec: ResNetSpec, name: str, in_ch: int, stage_index: int, stride: in
 def plan(spec: ResNetSpec) -> Plan:
     """Resolve a spec into named layers (cached: specs are frozen)."""
     st = spec.stem
-    conv = Conv("conv1", spec.in_channels, st.channels, st.kernel, st.stride, st.kernel // 2, 1, "stem" in spec.conv_bias)
+    conv = Conv("conv1", spec.in_channels, st.channels, st.kernel, st.stride, st.kernel // 2, 1, "stem" in spec.conv_bias,
+                same="stem_conv" in spec.same_padding)
     stem = StemPlan(
         "stem",
         Norm("input_bn", spec.in_channels, affine=False) if st.input_norm else None,
         conv,
         Norm("bn1", st.channels) if st.norm else None,
-        Pool("maxpool", 3, 2, 1, st.pool_padding) if st.pool else None,
+        Pool("maxpool", 3, 2, 1, st.pool_padding, same="stem_pool" in spec.same_padding) if st.pool else None,
     )
     stages = []
     in_ch = st.channels
-    for i, stage in enumerate(spec.stages):
+    # A feature extractor stops at its last feature: later stages and the head are not built.
+    kept = spec.stages[: max(spec.features)] if spec.features else spec.stages
+    for i, stage in enumerate(kept):
         strided = 0 if spec.stride_block == "first" else stage.blocks - 1
         blocks = []
         for j in range(stage.blocks):
@@ -220,5 +266,7 @@ def plan(spec: ResNetSpec) -> Plan:
             blocks.append(_block(spec, f"layer{i + 1}.{j}", in_ch, i, stride))
             in_ch = stage.channels
         stages.append(tuple(blocks))
-    head = HeadPlan(Norm("post_bn", in_ch) if spec.preactivation else None, Linear("fc", in_ch, spec.num_classes))
+    head = None if spec.features else HeadPlan(
+        Norm("post_bn", in_ch) if spec.preactivation else None,
+        Linear("fc", in_ch, spec.num_classes) if spec.num_classes else None)
     return Plan(spec, stem, tuple(stages), head)

@@ -4,7 +4,8 @@ Families:
 - torchvision ("ResNet v1.5": stride on the 3x3, no conv biases, conv+BN shortcut)
 - keras.applications v1 (stride on the first 1x1, every conv biased) and v2
   (pre-activation, stride on a stage's last block, zero-padded stem pool)
-- the book (Dive into Deep Learning): d2l_resnet18 and d2l_resnext18
+- the book (Dive into Deep Learning): d2l_resnet18 (its PyTorch and MXNet tabs), d2l_resnet18_tf
+  and d2l_resnet18_jax (its TensorFlow and JAX tabs: 'same' padding, their BN defaults), d2l_resnext18
 - MXNet Gluon's model zoo: gluon_resnet{18,34,50,101,152}_v1 and _v2
 - the ResNet paper's CIFAR-10 networks resnet20 ... resnet110
 """
@@ -145,6 +146,33 @@ def d2l_resnet18():
     )
 
 
+# The book's TensorFlow and JAX tabs: padding='same' on the 7x7/2 stem conv, the 3x3/2 max-pool
+# and every 3x3 conv of Residual (asymmetric where a conv strides), and each framework's BN defaults.
+BOOK_SAME = ("stem_conv", "stem_pool", "strided")
+KERAS_DEFAULT_BN = BatchNorm(eps=1e-3, momentum=0.01, running_var="biased")  # BatchNormalization(): 0.99, 1e-3
+FLAX_DEFAULT_BN = BatchNorm(eps=1e-5, momentum=0.01, running_var="biased")  # nn.BatchNorm(): 0.99, 1e-5
+
+
+def d2l_resnet18_tab(tab: str):
+    """d2l_resnet18 as the book's TensorFlow ('tf') or JAX ('jax') tab writes it."""
+    framework, bn = {"tf": ("TensorFlow", KERAS_DEFAULT_BN), "jax": ("JAX", FLAX_DEFAULT_BN)}[tab]
+    return d2l_resnet18().replace(
+        name=f"d2l_resnet18_{tab}", same_padding=BOOK_SAME, bn=bn,
+        description=f"the book's ResNet-18, its {framework} tab: padding='same' (stem conv, pool, strided 3x3) "
+                    f"and {'Keras' if tab == 'tf' else 'Flax'}'s BN defaults (momentum 0.99, eps {bn.eps:g})",
+    )
+
+
+# The book's tabs of one network: tab -> preset (the PyTorch and MXNet tabs are one network).
+BOOK_TABS = {"d2l_resnet18": {"PyTorch": "d2l_resnet18", "MXNet": "d2l_resnet18", "TensorFlow": "d2l_resnet18_tf",
+                              "JAX": "d2l_resnet18_jax"}}
+
+
+def book_tabs(name: str) -> dict[str, str] | None:
+    """The book's tabs of the network a preset belongs to (tab -> preset), or None."""
+    return next((tabs for tabs in BOOK_TABS.values() if name in tabs.values()), None)
+
+
 def d2l_resnext18():
     # The book's ResNeXtBlock(num_channels, groups=16, bot_mul=1) passes
     # groups=bot_channels // 16 to its conv: 16 is channels per group, so the
@@ -189,6 +217,8 @@ for _depth in GLUON_BLOCKS:
     register(f"gluon_resnet{_depth}_v1", lambda d=_depth: gluon_v1(d))
     register(f"gluon_resnet{_depth}_v2", lambda d=_depth: gluon_v2(d))
 register("d2l_resnet18", d2l_resnet18)
+register("d2l_resnet18_tf", lambda: d2l_resnet18_tab("tf"))
+register("d2l_resnet18_jax", lambda: d2l_resnet18_tab("jax"))
 register("d2l_resnext18", d2l_resnext18)
 for _depth in (20, 32, 44, 56, 110):
     register(f"resnet{_depth}", lambda d=_depth: cifar(f"resnet{d}", d))

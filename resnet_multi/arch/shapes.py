@@ -4,7 +4,8 @@ Pure arithmetic on the plan; no framework, no arrays. Backends measure the
 same table on their real models and tests demand equality.
 
 Rows: ``stem``, every block (``layer1.0`` ...), ``post_bn`` (pre-activation
-nets), ``avgpool``, ``fc``. ``fc``'s shape is reported as (classes, 1, 1) so
+nets), ``avgpool``, ``fc`` (none with ``num_classes`` 0; a feature extractor's
+table ends at its last feature, with no head). ``fc``'s shape is reported as (classes, 1, 1) so
 that every row has the same (C, H, W) form. MACs count the multiply-adds of
 convs and the classifier; BN, ReLU, adds and pooling are not counted
 (torchvision's "GFLOPS" column counts the same way).
@@ -126,15 +127,38 @@ def layer_table(spec: ResNetSpec, input_shape: tuple[int, int, int]) -> LayerTab
         row, h, w = _block_row(block, h, w)
         rows.append(row)
 
-    channels = p.blocks[-1].out_channels
-    if p.head.post_bn is not None:
-        params, buffers, names = _count([p.head.post_bn])
-        rows.append(LayerRow("post_bn", (channels, h, w), params, buffers, 0, names))
-    rows.append(LayerRow("avgpool", (channels, 1, 1), 0, 0, 0))
-    fc: Linear = p.head.fc
-    params, buffers, names = _count([fc])
-    rows.append(LayerRow("fc", (fc.out_features, 1, 1), params, buffers, fc.in_features * fc.out_features, names))
+    if p.head is not None:
+        channels = p.blocks[-1].out_channels
+        if p.head.post_bn is not None:
+            params, buffers, names = _count([p.head.post_bn])
+            rows.append(LayerRow("post_bn", (channels, h, w), params, buffers, 0, names))
+        rows.append(LayerRow("avgpool", (channels, 1, 1), 0, 0, 0))
+        fc: Linear | None = p.head.fc
+        if fc is not None:
+            params, buffers, names = _count([fc])
+            rows.append(LayerRow("fc", (fc.out_features, 1, 1), params, buffers, fc.in_features * fc.out_features,
+                                 names))
     return LayerTable(spec.name, (c, int(input_shape[1]), int(input_shape[2])), tuple(rows))
+
+
+def feature_info(spec: ResNetSpec) -> list[dict[str, Any]]:
+    """What each feature of a feature extractor is (timm's feature_info): index, row, channels, reduction.
+
+    ``reduction`` is the stride product from the input to that row (4 for an ImageNet stem's output,
+    32 after the last stage of a ResNet-50), independent of the input size. A spec without ``features``
+    describes every row a feature extractor could return (0 = the stem, then each stage).
+    """
+    p = plan(spec.replace(features=(), num_classes=0) if not spec.features else spec)
+    stem = p.stem
+    reduction = stem.conv.stride * (stem.pool.stride if stem.pool is not None else 1)
+    info = [{"index": 0, "row": "stem", "channels": stem.conv.out_channels, "reduction": reduction}]
+    for i, blocks in enumerate(p.stages, start=1):
+        for block in blocks:
+            reduction *= block.stride
+        info.append({"index": i, "row": blocks[-1].name, "channels": blocks[-1].out_channels,
+                     "reduction": reduction})
+    wanted = spec.features or tuple(range(len(info)))
+    return [info[i] for i in wanted]
 
 
 def param_count(spec: ResNetSpec) -> int:

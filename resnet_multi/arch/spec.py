@@ -36,6 +36,9 @@ RUNNING_VARS = ("unbiased", "biased")
 INITS = ("kaiming_fan_out", "xavier_uniform")
 # Convs that may carry a bias, named by role. 'conv3' exists in bottlenecks only.
 BIAS_ROLES = ("stem", "conv1", "conv2", "conv3", "shortcut")
+# Where TensorFlow's 'same' padding replaces the symmetric kernel // 2 one: the stem conv, the
+# stem max-pool, and every strided conv of the blocks (stride-1 convs pad the same either way).
+SAME_PADDING_ROLES = ("stem_conv", "stem_pool", "strided")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")  # fullmatch: '$' would let a final newline through
 
@@ -156,6 +159,7 @@ class ResNetSpec:
     stages: tuple[Stage, ...]
     block: str = "basic"
     in_channels: int = 3
+    # 0: no fc; the network ends in the global average pool (a backbone's pooled features).
     num_classes: int = 1000
     # The image size the network is made for (H = W): what every command uses when no
     # --input-shape is given. Not a numerics choice. Unset: 32 for a CIFAR stem, else 224.
@@ -177,18 +181,32 @@ class ResNetSpec:
     # Stride without a channel change: 'projection' (torchvision) or
     # 'subsample', an identity that keeps every stride-th pixel (Keras ResNetV2).
     strided_identity: str = "projection"
+    # Roles (see SAME_PADDING_ROLES) padded as TensorFlow's padding='same' does: from the input
+    # size, the odd pixel after (the book's TensorFlow and JAX tabs). Empty: symmetric everywhere.
+    same_padding: tuple[str, ...] = ()
     bn: BatchNorm = field(default_factory=BatchNorm)
     # Zero-init the last BN of each residual branch (Goyal et al.).
     zero_init_last_bn: bool = False
     init: str = "kaiming_fan_out"
+    # Non-empty: a feature extractor returning these rows' outputs, in order (0 = the stem's
+    # output, i = stage i's), with no head (num_classes 0) and no stage after the last one.
+    features: tuple[int, ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
         # Normalise sequences so that equal specs compare equal whatever built them.
         object.__setattr__(self, "stages", tuple(self.stages))
+        if isinstance(self.features, (list, tuple)):
+            object.__setattr__(self, "features", tuple(self.features))
         if isinstance(self.conv_bias, str):
             _fail("conv_bias", "must be a list of roles (or 'none' / 'all' in a file)")
         object.__setattr__(self, "conv_bias", tuple(r for r in BIAS_ROLES if r in set(self.conv_bias)))
+        if isinstance(self.same_padding, str) or not isinstance(self.same_padding, (list, tuple)):
+            _fail("same_padding", f"must be a list of roles ({', '.join(SAME_PADDING_ROLES)}); "
+                                  f"got {_shown(self.same_padding)}")
+        for role in self.same_padding:
+            _check_choice("same_padding", role, SAME_PADDING_ROLES)
+        object.__setattr__(self, "same_padding", tuple(r for r in SAME_PADDING_ROLES if r in set(self.same_padding)))
         if self.image_size is None and isinstance(self.stem, Stem):
             object.__setattr__(self, "image_size", 32 if self.stem.kind == "cifar" else 224)
         self._validate()
@@ -197,7 +215,7 @@ class ResNetSpec:
         if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
             _fail("name", f"must be a non-empty name of letters, digits, '_', '.', '-'; got {_shown(self.name)}")
         _check_int("in_channels", self.in_channels)
-        _check_int("num_classes", self.num_classes)
+        _check_int("num_classes", self.num_classes, minimum=0)
         _check_int("image_size", self.image_size)
         _check_choice("block", self.block, BLOCK_KINDS)
         if not isinstance(self.stem, Stem):
@@ -219,10 +237,25 @@ class ResNetSpec:
             _fail("description", "must be a string")
         if self.block == "basic" and "conv3" in self.conv_bias:
             _fail("conv_bias", "basic blocks have no conv3")
+        if "stem_pool" in self.same_padding and isinstance(self.stem, Stem) and not self.stem.pool:
+            _fail("same_padding", f"a {self.stem.kind} stem has no max-pool; 'stem_pool' does not apply")
         if not self.stages:
             _fail("stages", "must hold at least one stage")
         for i, stage in enumerate(self.stages):
             self._validate_stage(f"stages[{i}]", stage)
+        self._validate_features()
+
+    def _validate_features(self) -> None:
+        if not isinstance(self.features, tuple):
+            _fail("features", f"must be a list of stage indices, got {_shown(self.features)}")
+        for i, index in enumerate(self.features):
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= len(self.stages):
+                _fail(f"features[{i}]", f"must be 0 (the stem) to {len(self.stages)} (the last stage), "
+                                        f"got {_shown(index)}")
+            if i and index <= self.features[i - 1]:
+                _fail(f"features[{i}]", "indices must be increasing, each once")
+        if self.features and self.num_classes != 0:
+            _fail("num_classes", "a feature extractor (features set) has no head; must be 0")
 
     def _validate_stage(self, path: str, stage: Any) -> None:
         if not isinstance(stage, Stage):
@@ -252,6 +285,8 @@ class ResNetSpec:
         data = dataclasses.asdict(self)
         data["stages"] = [dataclasses.asdict(s) for s in self.stages]
         data["conv_bias"] = list(self.conv_bias)
+        data["same_padding"] = list(self.same_padding)
+        data["features"] = list(self.features)
         return data
 
     @classmethod
@@ -260,6 +295,24 @@ class ResNetSpec:
 
     def replace(self, **changes: Any) -> "ResNetSpec":
         return dataclasses.replace(self, **changes)
+
+
+def with_head(spec: ResNetSpec, num_classes: int | None = None,
+              features: tuple[int, ...] | None = None) -> ResNetSpec:
+    """``spec`` with another head: ``num_classes`` K (a new classifier), 0 (pooled features), or a feature
+    extractor returning ``features`` (stage indices: 0 the stem, i stage i). None keeps the spec's."""
+    changes: dict[str, Any] = {}
+    if features is not None:
+        if num_classes:
+            raise SpecError("a feature extractor has no classifier: give features or num_classes, not both")
+        if isinstance(features, (str, bytes)) or not hasattr(features, "__iter__"):
+            raise SpecError(f"features: must be a list of stage indices, got {_shown(features)}")
+        changes.update(features=tuple(features), num_classes=0)
+        if not changes["features"]:
+            raise SpecError("features: name at least one stage (0 = the stem, 1 ... the stages)")
+    elif num_classes is not None:
+        changes.update(features=(), num_classes=num_classes)
+    return spec.replace(**changes) if changes else spec
 
 
 def _fields(kind: type) -> set[str]:
@@ -305,6 +358,11 @@ def spec_from_dict(data: Mapping[str, Any]) -> ResNetSpec:
             _check_choice("conv_bias", role, BIAS_ROLES)
     else:
         _fail("conv_bias", f"must be a list of roles, 'none' or 'all'; got {_shown(bias)}")
+    same = data.get("same_padding", ())
+    if same == "none":
+        data["same_padding"] = ()
+    elif same == "all":
+        data["same_padding"] = SAME_PADDING_ROLES if data.get("stem", Stem()).pool else SAME_PADDING_ROLES[::2]
     return _build(ResNetSpec, "", data)
 
 
@@ -325,7 +383,8 @@ def _toml_value(value: Any) -> str:
 
 def spec_to_toml(spec: ResNetSpec) -> str:
     data = spec.to_dict()
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, (dict, list)) or k == "conv_bias"]
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items()
+             if not isinstance(v, (dict, list)) or k in ("conv_bias", "features", "same_padding")]
     for table in ("stem", "bn"):
         lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in data[table].items()]
     for stage in data["stages"]:

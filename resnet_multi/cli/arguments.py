@@ -44,6 +44,18 @@ def nonnegative_int(text: str) -> int:
     return _int_in(text, 0, None, "an integer >= 0")
 
 
+def indices_arg(text: str) -> tuple[int, ...]:
+    """'1,2,3,4' -> (1, 2, 3, 4): a feature extractor's stage indices (their range is checked against the model)."""
+    try:
+        values = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 0 or list(values) != sorted(set(values)):
+        raise argparse.ArgumentTypeError(f"expected increasing stage indices such as 1,2,3,4 (0 = the stem), "
+                                         f"got {text!r}")
+    return values
+
+
 SEED_MAX = 2**32 - 1  # the widest seed every framework's RNG takes
 
 

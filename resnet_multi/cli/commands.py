@@ -35,20 +35,31 @@ def cmd_list(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_summary(args: argparse.Namespace) -> dict[str, Any]:
-    from resnet_multi.arch.shapes import layer_table
+    from resnet_multi.arch.shapes import feature_info, layer_table
+    from resnet_multi.arch.spec import with_head
 
-    spec = presets.resolve(args.model)
+    whole = presets.resolve(args.model)
+    try:
+        spec = with_head(whole, args.num_classes, args.features)
+    except UserError as exc:  # name the flag the user gave
+        raise UserError(f"--features: {str(exc).split(': ', 1)[-1]}") from None
     shape = args.input_shape or spec.input_shape
     _register_weights_file(args)
+    extra = {"feature_info": feature_info(spec)} if spec.features else {}
     if args.backend is None:  # arithmetic only: any size is fine
         if args.weights is not None:
             raise UserError("--weights: the analytic table has no weights; add --backend to measure a model with them")
-        return layer_table(spec, shape).to_dict()
+        return {**layer_table(spec, shape).to_dict(), **extra}
     from resnet_multi.run.measure import measured_table
 
+    state = _pretrained(whole, args)
+    if state is not None and spec != whole:  # the published network's weights, for its backbone or a new head
+        from resnet_multi.weights.canonical import with_new_head
+
+        state = with_new_head(state, spec, seed=0)
     table, info = measured_table(spec, args.backend, shape, device=args.device, allow_large=args.allow_large,
-                                 state=_pretrained(spec, args))
-    return {**table.to_dict(), "backend": info["backend"], "device": info["device"],
+                                 state=state)
+    return {**table.to_dict(), **extra, "backend": info["backend"], "device": info["device"],
             **({"weights": args.weights} if args.weights is not None else {})}
 
 
@@ -66,6 +77,13 @@ def cmd_parity(args: argparse.Namespace) -> dict[str, Any]:
     report = parity_report(args.model, args.backend, args.input_shape, seed=args.seed, mode=args.mode,
                            batch=args.batch_size, device=args.device, allow_large=args.allow_large, state=state)
     return {**report, "weights": args.weights} if args.weights is not None else report
+
+
+def cmd_diff(args: argparse.Namespace) -> dict[str, Any]:
+    from resnet_multi.numerics.diff import diff_report
+
+    return diff_report(args.a, args.b, args.input_shape, seed=args.seed, batch=args.batch_size,
+                       allow_large=args.allow_large)
 
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
@@ -98,6 +116,12 @@ def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
 
     check_report_destination(args.html)  # before the run: its folder, and Pygments
     report = cmd_compare(args)
+    from resnet_multi.cli.tabs import book_tabs_comparison
+
+    # The book's tabs (a d2l_resnet18 preset): where they part, through the NumPy reference.
+    tabs = book_tabs_comparison(report["name"], report["input_shape"], seed=args.seed)
+    if tabs is not None:
+        report["book_tabs"] = tabs
     summary = write_report(report, args.html)
     return summary if args.json else {**summary, "compare": report}  # the readable form prints compare's table
 
@@ -215,6 +239,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "list": (cmd_list, fmt.format_list),
     "summary": (cmd_summary, fmt.format_layer_table),
     "parity": (cmd_parity, fmt.format_parity),
+    "diff": (cmd_diff, fmt.format_diff),
     "compare": (cmd_compare, fmt.format_compare),
     "report": (cmd_report, format_report),
     "convert": (cmd_convert, fmt.format_convert),

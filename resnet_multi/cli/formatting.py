@@ -53,6 +53,11 @@ def format_layer_table(report: dict[str, Any]) -> str:
                  f"{report['total_macs']:,}"))
     table = render_table(("layer", "output (C,H,W)", "params", "buffers", "MACs"), rows,
                        (False, False, True, True, True))
+    if report.get("feature_info"):
+        features = render_table(("feature", "row", "channels", "reduction"),
+                                [(str(f["index"]), f["row"], str(f["channels"]), str(f["reduction"]))
+                                 for f in report["feature_info"]], (True, False, True, True))
+        table = f"{table}\n\nfeatures (the model returns these maps, in order)\n{features}"
     return f"{title}\n{table}"
 
 
@@ -85,6 +90,62 @@ def format_parity(report: dict[str, Any]) -> str:
         rs = report["running_stats"]
         tail += f"\nrunning statistics: worst {rs['worst']} max |diff| {_num(rs['max_abs_diff'])} (tolerance {_num(rs['tolerance'])})"
     return f"{head}\n{body}\n{tail}"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _alone(m: dict[str, Any] | None) -> tuple[str, str, str]:
+    if m is None:
+        return ("not alone", "", "")
+    first = [m[f"{k}_first_differing_layer"] for k in ("eval", "train")]
+    return (*(f"from {f} ({_num(m[f'{k}_output_rel_diff'])})" if f else "same"
+              for f, k in zip(first, ("eval", "train"))), f"{m['running_stats_differing']} differ")
+
+
+def format_diff(report: dict[str, Any]) -> str:
+    a, b = report["a"], report["b"]
+    fields = report["fields"]
+    lines = [f"{a} vs {b}: {len(fields)} field{'s' if len(fields) != 1 else ''} differ" if fields
+             else f"{a} vs {b}: no field differs"]
+    if fields and any("alone" in f for f in fields):  # each field measured alone: a with only that field of b
+        rows = [(f["field"], _value(f["a"]), _value(f["b"]), *_alone(f.get("alone"))) for f in fields]
+        lines.append(render_table(("field", a, b, "alone: eval (output rel.)", "train (output rel.)",
+                                   "running stats"), rows, (False,) * 6))
+    elif fields:
+        lines.append(render_table(("field", a, b), [(f["field"], _value(f["a"]), _value(f["b"])) for f in fields],
+                                  (False, False, False)))
+    if not report["same_weights"]:
+        return "\n".join(lines + [report["why"]])
+    lines.append(f"\nthe same weights (seed {report['seed']}, random BN statistics) and input "
+                 f"{report['batch']}x{_shape(report['input_shape'])}, through the NumPy float64 reference:")
+    ev, tr = report["eval"], report["train"]
+    train_rows = {r["name"]: r for r in tr["layers"]}
+    rows = []
+    for r in ev["layers"]:
+        t = train_rows.get(r["name"], {})
+        shape = _shape(r["output_shape_a"] or r["output_shape_b"] or [])
+        if r["output_shape_a"] != r["output_shape_b"]:
+            shape = f"{_shape(r['output_shape_a'] or [])} / {_shape(r['output_shape_b'] or [])}"
+        mark = "<-- first difference" if r["name"] == ev["first_differing_layer"] else ""
+        rows.append((r["name"], shape, _num(r["max_abs_diff"]), _num(r["rel_diff"]), _num(t.get("rel_diff")), mark))
+    heads = ("layer", "output", "eval max |a-b|", "relative", "train relative", "")
+    keep = 6 if ev["first_differing_layer"] else 5  # no empty last column
+    lines.append(render_table(heads[:keep], [r[:keep] for r in rows], (False, False, True, True, True, False)[:keep]))
+    rs = tr["running_stats"]
+    if report["identical"]:
+        lines.append("identical: no layer differs in either mode, nor any running statistic")
+    else:
+        where = (f"eval: first difference at {ev['first_differing_layer'] or '-'}; train: at "
+                 f"{tr['first_differing_layer'] or '-'}" if ev["first_differing_layer"] or tr["first_differing_layer"]
+                 else "no layer output differs in eval or train mode")
+        lines.append(f"{where}; running statistics after one train-mode pass: "
+                     f"{rs['differing']} of {rs['of']} differ (worst {rs['worst'] or '-'}, max |a-b| "
+                     f"{_num(rs['max_abs_diff'])})")
+    return "\n".join(lines)
 
 
 def _cell(res: dict[str, Any], row: dict[str, Any], want: dict[str, Any]) -> str:

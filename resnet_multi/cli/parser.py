@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend(p, required=False, help=f"measure on a real model: {', '.join(faces.names())}")
     _add_device(p)
     _add_weights(p)
+    head = p.add_mutually_exclusive_group()
+    head.add_argument("--num-classes", type=arg.nonnegative_int, metavar="K",
+                      help="another head: K classes (new, freshly initialised), or 0 for none (pooled features)")
+    head.add_argument("--features", type=arg.indices_arg, metavar="I,J,...",
+                      help="a feature extractor returning these stages' maps (0 = the stem, 1 ... the stages); "
+                           "adds its feature_info (channels, reduction)")
     _add_allow_large(p)
 
     p = sub.add_parser("parity", parents=[with_json], help="one backend against the NumPy reference, layer by layer",
@@ -120,6 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="eval: running statistics; train: batch statistics and their update (default eval)")
     _add_device(p)
     _add_weights(p)
+    _add_allow_large(p)
+
+    p = sub.add_parser("diff", parents=[with_json], help="two specs: the fields that differ, and where their outputs part",
+                       description="The spec fields that differ between two presets or spec files and, when they "
+                                   "hold the same tensors, the first layer whose output differs on the same seeded "
+                                   "weights (random BN statistics) and input, and by how much: both through the "
+                                   "NumPy float64 reference (no framework), in eval mode and in train mode (with "
+                                   "the running statistics each leaves).")
+    p.add_argument("a", type=arg.path_arg, metavar="A", help="a preset name or a .json/.toml spec file")
+    p.add_argument("b", type=arg.path_arg, metavar="B", help="the other one")
+    _add_input_shape(p)
+    p.add_argument("--batch-size", type=arg.positive_int, default=2, metavar="N", help="batch size (default 2)")
+    _add_seed(p)
     _add_allow_large(p)
 
     p = sub.add_parser("compare", parents=[with_json], help="every backend side by side, each in its own environment",

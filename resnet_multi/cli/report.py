@@ -7,7 +7,9 @@ The code view reads each backend's ``model.py`` as text at report time
 (importing no framework), cuts it at its ``# -- <part>`` section comments
 (docs/backends.md: every backend has the same sections) and puts the four
 versions of each part next to each other, highlighted with Pygments, under
-the part's output shape and parameters from the analytic layer table.
+the part's output shape and parameters from the analytic layer table. For
+one of the book's tabs (d2l_resnet18 and its _tf/_jax presets) the page also
+compares the tabs through the NumPy reference (cli/tabs.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 from resnet_multi import faces
 from resnet_multi.cli.formatting import format_compare
 from resnet_multi.cli.svg import COLORS, bar_chart, escape, line_chart
+from resnet_multi.cli.tabs import summary as tabs_summary
+from resnet_multi.cli.tabs import tabs_section
 from resnet_multi.errors import UserError
 from resnet_multi.files import atomic_write, check_destination
 
@@ -351,10 +355,12 @@ def render_report(report: dict[str, Any]) -> str:
         f"<span class=\"muted\">Written by resnet-multi report, {escape(when)}.</span></p>"
         '<nav class="parts"><a href="#layers-section">layers</a> <a href="#parity-section">parity</a> '
         '<a href="#speed-section">speed</a> <a href="#training-section">training</a> '
-        '<a href="#environments-section">environments</a> <a href="#code">code side by side</a></nav>'
+        + ('<a href="#tabs-section">the book\u2019s tabs</a> ' if report.get("book_tabs") else "")
+        + '<a href="#environments-section">environments</a> <a href="#code">code side by side</a></nav>'
         f'<div class="cards" id="backends">{"".join(cards)}</div></header>',
         _layers_section(report, names), _parity_section(report, names), _speed_section(report, names),
-        _training_section(report, names), _environment_section(report, names), _code_section(report, facts)])
+        _training_section(report, names), tabs_section(report["book_tabs"]) if report.get("book_tabs") else "",
+        _environment_section(report, names), _code_section(report, facts)])
     style = CSS + HtmlFormatter(style="default").get_style_defs(".hl")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -367,10 +373,15 @@ def write_report(report: dict[str, Any], path: str | Path) -> dict[str, Any]:
     path = atomic_write(path, render_report(report))
     return {"path": str(path), "name": report["name"], "parts": list(PARTS), "backends": list(report["backends"]),
             "code_backends": faces.names(), "failed": report["failed"], "ok": report["ok"],
+            **({"book_tabs": tabs_summary(report["book_tabs"])} if report.get("book_tabs") else {}),
             **({"plot": report["plot"]} if "plot" in report else {})}
 
 
 def format_report(summary: dict[str, Any]) -> str:
     table = format_compare(summary["compare"]) + "\n\n" if "compare" in summary else ""
+    tabs = "".join(f"\nthe book's {tab} tab ({t['preset']}): " + (
+        f"differs in {', '.join(t['fields'])}; outputs part from {t['eval_first_differing_layer'] or '-'} (eval), "
+        f"{t['train_first_differing_layer'] or '-'} (train)" if t["fields"] else "the network compared")
+        for tab, t in summary.get("book_tabs", {}).items())
     return (f"{table}HTML report: {summary['path']} (parts {', '.join(summary['parts'])}; code of "
-            f"{', '.join(summary['code_backends'])})")
+            f"{', '.join(summary['code_backends'])}){tabs}")

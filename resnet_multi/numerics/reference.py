@@ -18,16 +18,17 @@ from typing import Mapping
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from resnet_multi.arch.plan import BlockPlan, Conv, Norm, plan
+from resnet_multi.arch.plan import BlockPlan, Conv, Norm, plan, same_pads
 from resnet_multi.arch.spec import ResNetSpec
 
 
 def conv2d(x: np.ndarray, conv: Conv, state: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Grouped 2-D convolution, NCHW, symmetric zero padding."""
+    """Grouped 2-D convolution, NCHW, zero padding: symmetric, or 'same' (conv.pads, from the input size)."""
     w = np.asarray(state[f"{conv.name}.weight"], dtype=np.float64)
-    p, s, k, g = conv.padding, conv.stride, conv.kernel, conv.groups
-    if p:
-        x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    s, k, g = conv.stride, conv.kernel, conv.groups
+    pads = ((0, 0), (0, 0), conv.pads(x.shape[2]), conv.pads(x.shape[3]))
+    if any(map(any, pads)):
+        x = np.pad(x, pads)
     n, c = x.shape[:2]
     oh = (x.shape[2] - k) // s + 1
     ow = (x.shape[3] - k) // s + 1
@@ -68,9 +69,12 @@ def batch_norm(x: np.ndarray, norm: Norm, spec: ResNetSpec, state: Mapping[str, 
     return x * scale[None, :, None, None] + (beta - mean * scale)[None, :, None, None]
 
 
-def max_pool(x: np.ndarray, kernel: int, stride: int, padding: int, pad_value: str) -> np.ndarray:
+def max_pool(x: np.ndarray, kernel: int, stride: int, padding: int, pad_value: str, same: bool = False) -> np.ndarray:
+    """Max-pool, NCHW, padded with -inf (the true max) or zeros: ``padding`` on every side, or
+    TensorFlow's 'same' widths (``same``; TF's own 'same' pool ignores the padded cells: -inf)."""
     fill = -np.inf if pad_value == "neg_inf" else 0.0
-    x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)), constant_values=fill)
+    pads = [same_pads(n, kernel, stride) if same else (padding, padding) for n in x.shape[2:]]
+    x = np.pad(x, ((0, 0), (0, 0), *pads), constant_values=fill)
     oh = (x.shape[2] - kernel) // stride + 1
     ow = (x.shape[3] - kernel) // stride + 1
     win = sliding_window_view(x, (kernel, kernel), axis=(2, 3))[:, :, : oh * stride : stride, : ow * stride : stride]
@@ -114,7 +118,8 @@ def run(spec: ResNetSpec, state: Mapping[str, np.ndarray], x: np.ndarray,
         train: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Every layer-table row's output (float64), and the state after the pass.
 
-    Rows: 'stem', 'layerI.J', ['post_bn'], 'avgpool' (N, C), 'fc' (N, classes).
+    Rows: 'stem', 'layerI.J', ['post_bn'], 'avgpool' (N, C), 'fc' (N, classes); no 'fc' with
+    num_classes 0, and a feature extractor's rows end at its last feature.
     The returned state equals the input one in eval mode; in train mode its
     running statistics are updated.
     """
@@ -129,19 +134,22 @@ def run(spec: ResNetSpec, state: Mapping[str, np.ndarray], x: np.ndarray,
         y = relu(batch_norm(y, p.stem.bn, spec, state, train, new_state))
     if p.stem.pool is not None:
         pool = p.stem.pool
-        y = max_pool(y, pool.kernel, pool.stride, pool.padding, pool.pad_value)
+        y = max_pool(y, pool.kernel, pool.stride, pool.padding, pool.pad_value, same=pool.same)
     acts["stem"] = y
     for block in p.blocks:
         y = _block(y, block, spec, state, train, new_state)
         acts[block.name] = y
+    if p.head is None:  # a feature extractor: its rows end at its last feature
+        return acts, new_state
     if p.head.post_bn is not None:
         y = relu(batch_norm(y, p.head.post_bn, spec, state, train, new_state))
         acts["post_bn"] = y
     pooled = y.mean(axis=(2, 3))
     acts["avgpool"] = pooled
-    w = np.asarray(state["fc.weight"], dtype=np.float64)
-    b = np.asarray(state["fc.bias"], dtype=np.float64)
-    acts["fc"] = pooled @ w.T + b
+    if p.head.fc is not None:
+        w = np.asarray(state["fc.weight"], dtype=np.float64)
+        b = np.asarray(state["fc.bias"], dtype=np.float64)
+        acts["fc"] = pooled @ w.T + b
     return acts, new_state
 
 
@@ -150,5 +158,8 @@ def activations(spec: ResNetSpec, state: Mapping[str, np.ndarray], x: np.ndarray
     return run(spec, state, x, train)[0]
 
 
-def forward(spec: ResNetSpec, state: Mapping[str, np.ndarray], x: np.ndarray, train: bool = False) -> np.ndarray:
-    return run(spec, state, x, train)[0]["fc"]
+def forward(spec: ResNetSpec, state: Mapping[str, np.ndarray], x: np.ndarray, train: bool = False):
+    """What the network returns: logits, pooled features (num_classes 0), or a feature extractor's list of maps."""
+    acts = run(spec, state, x, train)[0]
+    rows = plan(spec).output_rows
+    return [acts[r] for r in rows] if spec.features else acts[rows[0]]

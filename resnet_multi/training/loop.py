@@ -41,7 +41,7 @@ from resnet_multi.errors import UserError
 from resnet_multi.files import atomic_write
 from resnet_multi.training import data as datasets
 from resnet_multi.training.checkpoints import check_resumable, load_checkpoint, save_checkpoint
-from resnet_multi.weights.canonical import WeightsError, check_state, expected_shapes, init_weights
+from resnet_multi.weights.canonical import check_state, with_new_head
 
 
 @dataclass
@@ -110,24 +110,6 @@ def cross_entropy_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[
 
 
 # -- fine-tuning ---------------------------------------------------------------------------------
-
-
-def head_names(spec: ResNetSpec) -> list[str]:
-    """The canonical names of the tensors whose shape follows the number of classes (the head)."""
-    now = expected_shapes(spec)
-    other = expected_shapes(replace(spec, num_classes=spec.num_classes + 1))
-    return [k for k, shape in now.items() if other.get(k) != shape]
-
-
-def with_new_head(pretrained: dict[str, np.ndarray], spec: ResNetSpec, seed: int) -> dict[str, np.ndarray]:
-    """``spec``'s seeded canonical state (its head: ``spec.num_classes`` classes, from the spec's init) with every
-    other tensor taken from ``pretrained``."""
-    fresh = init_weights(spec, seed)
-    head = set(head_names(spec))
-    missing = sorted(k for k in fresh if k not in head and k not in pretrained)
-    if missing:
-        raise WeightsError(f"the pretrained weights lack {', '.join(missing[:8])} of {spec.name}")
-    return {k: (v if k in head else np.asarray(pretrained[k], dtype=np.float32)) for k, v in fresh.items()}
 
 
 def model_spec(config: TrainConfig) -> ResNetSpec:

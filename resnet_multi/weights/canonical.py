@@ -99,6 +99,30 @@ def expected_shapes(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
     return {**p.param_shapes(), **p.buffer_shapes()}
 
 
+def head_names(spec: ResNetSpec) -> list[str]:
+    """The canonical names of the tensors whose shape follows the number of classes (the head)."""
+    if spec.features or not spec.num_classes:
+        return []
+    now = expected_shapes(spec)
+    other = expected_shapes(spec.replace(num_classes=spec.num_classes + 1))
+    return [k for k, shape in now.items() if other.get(k) != shape]
+
+
+def with_new_head(pretrained: Mapping[str, np.ndarray], spec: ResNetSpec, seed: int) -> dict[str, np.ndarray]:
+    """``spec``'s canonical state from a whole network's ``pretrained`` one (fine-tuning, backbones).
+
+    The head (``spec.num_classes`` classes) comes fresh from the spec's seeded init; every other
+    tensor of ``spec`` from ``pretrained``. Tensors ``spec`` does not have (a backbone's head, a
+    feature extractor's later stages) are left out.
+    """
+    fresh = init_weights(spec, seed)
+    head = set(head_names(spec))
+    missing = sorted(k for k in fresh if k not in head and k not in pretrained)
+    if missing:
+        raise WeightsError(f"the pretrained weights lack {', '.join(missing[:8])} of {spec.name}")
+    return {k: (v if k in head else np.asarray(pretrained[k], dtype=np.float32)) for k, v in fresh.items()}
+
+
 class State(dict):
     """A canonical state as the readers return it: float32 arrays, and ``notes`` on what was converted."""
 

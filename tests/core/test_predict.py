@@ -20,7 +20,7 @@ from resnet_multi.cli.commands import main
 from resnet_multi.numerics import reference
 from resnet_multi.run import fetch
 from resnet_multi.run import predict as predict_run
-from resnet_multi.training.loop import head_names, with_new_head
+from resnet_multi.weights.canonical import head_names, with_new_head
 from resnet_multi.weights import preprocess, registry
 from resnet_multi.weights.canonical import init_weights, save_state
 

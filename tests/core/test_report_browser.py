@@ -30,6 +30,7 @@ from resnet_multi.cli.commands import main
 
 pytest.importorskip("pygments")
 from resnet_multi.cli.report import PARTS, backend_source, split_sections, write_report  # noqa: E402
+from resnet_multi.cli.tabs import book_tabs_comparison  # noqa: E402
 
 FAILURE = "no environment found: run 'nox -s mxnet --install-only' <and a tag>"
 
@@ -71,8 +72,12 @@ class _Page(HTMLParser):
 @pytest.fixture(scope="module")
 def page(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("report") / "report.html"
-    summary = write_report(compare_fixture(), path)
+    report = compare_fixture()
+    report["book_tabs"] = book_tabs_comparison(report["name"], (1, 16, 16))  # what `report` adds for d2l_resnet18
+    summary = write_report(report, path)
     assert summary["path"] == str(path) and summary["parts"] == list(PARTS) and summary["ok"] is False
+    assert summary["book_tabs"]["TensorFlow"]["fields"][0] == "same_padding"
+    assert summary["book_tabs"]["JAX"]["eval_first_differing_layer"] == "stem"  # 16 is even: 'same' moves
     return path
 
 
@@ -96,6 +101,9 @@ def test_the_page_is_self_contained_and_holds_all_four_lowerings(page):
                          if line.startswith(("def ", "class ")))
         name = first_def.split()[1].split("(")[0].rstrip(":")
         assert f"backends/{backend}/model.py" in text and name in text
+    # The book's tabs, compared through the reference: each tab, its preset, where its outputs part.
+    assert 'id="book-tabs"' in text and all(f"<td>{tab}</td>" in text for tab in ("PyTorch", "MXNet", "TensorFlow", "JAX"))
+    assert "d2l_resnet18_jax" in text and "bn.momentum" in text
     # The failed backend keeps its column, with its reason (escaped).
     assert "mxnet" in text and "&lt;and a tag&gt;" in text and "<and a tag>" not in text
 

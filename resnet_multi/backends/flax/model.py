@@ -11,8 +11,8 @@ are the core's, not re-derived here. Attribute paths are the canonical names
 ``mean``, ``var``), see weights.py. Devices are JAX's: 'cpu:0', 'gpu:N'
 (and 'cpu:N' where the host is split into several devices).
 
-Numerics: padding is explicit and symmetric everywhere (never 'SAME', which
-pads bottom/right only); the max-pool pads with -inf or zeros as the spec
+Numerics: padding is explicit everywhere, symmetric or, where the spec asks,
+TensorFlow's 'same' computed by hand (SameConv; never Flax's 'SAME' keyword); the max-pool pads with -inf or zeros as the spec
 says; BN momentum is converted (Flax's momentum = 1 - the spec's PyTorch one);
 BN running_var follows the spec: Flax's own nnx.BatchNorm updates it with the
 biased batch variance ('biased'); the small subclass below uses the unbiased
@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from resnet_multi.arch.plan import BlockPlan, Conv, Norm, Pool, plan
+from resnet_multi.arch.plan import BlockPlan, Conv, Norm, Pool, plan, same_pads
+from resnet_multi.arch.shapes import feature_info
 from resnet_multi.arch.spec import BatchNorm as BNSpec
 from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.backends import common
@@ -92,7 +93,21 @@ def devices() -> list[str]:
 ZEROS = nnx.initializers.zeros_init()
 
 
+class SameConv(nnx.Conv):
+    """nnx.Conv padded as TensorFlow's 'same', by hand: jnp.pad with plan.same_pads of each input's size
+    (static under jit), then an unpadded conv. Never Flax's padding='SAME'."""
+
+    def __call__(self, x):
+        k, s = self.kernel_size[0], self.strides[0]
+        x = jnp.pad(x, ((0, 0), same_pads(x.shape[1], k, s), same_pads(x.shape[2], k, s), (0, 0)))  # NHWC
+        return super().__call__(x)
+
+
 def conv(c: Conv, rngs: nnx.Rngs) -> nnx.Conv:
+    if c.same:
+        return SameConv(c.in_channels, c.out_channels, (c.kernel, c.kernel), strides=(c.stride, c.stride),
+                        padding=((0, 0), (0, 0)), feature_group_count=c.groups, use_bias=c.bias,
+                        kernel_init=ZEROS, precision=PRECISION, rngs=rngs)
     return nnx.Conv(c.in_channels, c.out_channels, (c.kernel, c.kernel), strides=(c.stride, c.stride),
                     padding=((c.padding, c.padding), (c.padding, c.padding)),  # symmetric, never 'SAME'
                     feature_group_count=c.groups, use_bias=c.bias, kernel_init=ZEROS, precision=PRECISION,
@@ -137,6 +152,11 @@ def batch_norm(n: Norm | None, bn: BNSpec, rngs: nnx.Rngs) -> BatchNorm | None:
 
 def max_pool(x, pool: Pool):
     p, k, s = pool.padding, pool.kernel, pool.stride
+    if pool.same:  # TensorFlow's 'same' widths from the (static) size, filled with -inf or zeros
+        fill = -jnp.inf if pool.pad_value == "neg_inf" else 0.0
+        x = jnp.pad(x, ((0, 0), same_pads(x.shape[1], k, s), same_pads(x.shape[2], k, s), (0, 0)),
+                    constant_values=fill)
+        return nnx.max_pool(x, (k, k), strides=(s, s), padding="VALID")
     if pool.pad_value == "zero":  # keras.applications: ZeroPadding2D, then an unpadded pool
         x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
         return nnx.max_pool(x, (k, k), strides=(s, s), padding="VALID")
@@ -213,7 +233,7 @@ def stage(blocks: tuple[BlockPlan, ...], bn: BNSpec, rngs: nnx.Rngs) -> nnx.List
     return nnx.List([Block(b, bn, rngs) for b in blocks])
 
 
-# -- head: [post_bn-relu] - global average pool - fc -------------------------------------------
+# -- head: [post_bn-relu] - global average pool - [fc] -----------------------------------------
 
 
 def global_avg_pool(x):
@@ -221,18 +241,22 @@ def global_avg_pool(x):
 
 
 @nnx.jit(graph=False)
-def head(x, post_bn: BatchNorm | None, fc: nnx.Linear):
-    """(post_bn's output or None, pooled (N, C), logits)."""
+def head(x, post_bn: BatchNorm | None, fc: nnx.Linear | None):
+    """(post_bn's output or None, pooled (N, C), logits or None: no fc for num_classes 0)."""
     post = nnx.relu(post_bn(x)) if post_bn is not None else None
     pooled = global_avg_pool(x if post is None else post)
-    return post, pooled, fc(pooled)
+    return post, pooled, fc(pooled) if fc is not None else None
 
 
 # -- build ---------------------------------------------------------------------------------------
 
 
 class ResNet(nnx.Module):
-    """[input_bn] conv1 [bn1] [maxpool] - layer1 ... layerK - [post_bn] - avgpool - fc, NHWC."""
+    """[input_bn] conv1 [bn1] [maxpool] - layer1 ... layerK - [post_bn] - avgpool - [fc], NHWC.
+
+    It returns the logits; with num_classes 0 the pooled features (N, C); a feature extractor
+    (spec.features) returns the list of its features' NHWC maps and has no head.
+    """
 
     def __init__(self, spec: ResNetSpec, rngs: nnx.Rngs):
         p = plan(spec)
@@ -246,10 +270,14 @@ class ResNet(nnx.Module):
         self.stage_names = tuple(f"layer{i + 1}" for i in range(len(p.stages)))
         for name, blocks in zip(self.stage_names, p.stages):
             setattr(self, name, stage(blocks, spec.bn, rngs))
-        # head
-        self.post_bn = batch_norm(p.head.post_bn, spec.bn, rngs)
-        self.fc = nnx.Linear(p.head.fc.in_features, p.head.fc.out_features, kernel_init=ZEROS,
-                             precision=PRECISION, rngs=rngs)
+        # head (none in a feature extractor; no fc for num_classes 0)
+        self.has_head = p.head is not None
+        self.post_bn = batch_norm(p.head.post_bn, spec.bn, rngs) if self.has_head else None
+        fc = p.head.fc if self.has_head else None
+        self.fc = None if fc is None else nnx.Linear(fc.in_features, fc.out_features, kernel_init=ZEROS,
+                                                     precision=PRECISION, rngs=rngs)
+        self.output_rows = p.output_rows
+        self.feature_info = feature_info(spec) if spec.features else []
 
     def blocks(self):
         for name in self.stage_names:
@@ -261,14 +289,20 @@ class ResNet(nnx.Module):
         out = {"stem": (x := stem(x, self.input_bn, self.conv1, self.bn1, pool=self.pool))}
         for name, block in self.blocks():
             out[name] = x = block(x)
+        if not self.has_head:
+            return out
         post, pooled, logits = head(x, self.post_bn, self.fc)
         if post is not None:
             out["post_bn"] = post
-        out["avgpool"], out["fc"] = pooled, logits
+        out["avgpool"] = pooled
+        if logits is not None:
+            out["fc"] = logits
         return out
 
     def __call__(self, x):
-        return self.rows(x)["fc"]
+        rows = self.rows(x)
+        out = [rows[name] for name in self.output_rows]
+        return out if self.spec.features else out[0]
 
 
 def build(spec: ResNetSpec, device: str = "auto", seed: int = 0, state: Mapping[str, np.ndarray] | None = None
@@ -314,8 +348,12 @@ def activations(model: ResNet, x, train: bool = False) -> dict[str, np.ndarray]:
             for name, a in rows.items()}
 
 
-def forward(model: ResNet, x, train: bool = False) -> np.ndarray:
-    return np.asarray(mode_view(model, train)(to_nhwc(x, model_device(model))))
+def forward(model: ResNet, x, train: bool = False) -> np.ndarray | list[np.ndarray]:
+    """The model's output as numpy: logits (N, classes), pooled features (N, C), or a feature extractor's maps."""
+    out = mode_view(model, train)(to_nhwc(x, model_device(model)))
+    if isinstance(out, list):
+        return [np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2)) for a in out]
+    return np.asarray(out)
 
 
 def _row_of(path: tuple) -> str:
@@ -327,8 +365,8 @@ def _row_of(path: tuple) -> str:
 
 def row_counts(model: ResNet) -> dict[str, tuple[int, int]]:
     """Row -> (trainable params, BN running stats), counted from the model's nnx.Param / nnx.BatchStat."""
-    rows = ["stem", *(name for name, _ in model.blocks()), *(["post_bn"] if model.post_bn is not None else []),
-            "avgpool", "fc"]
+    head = (["post_bn"] if model.post_bn is not None else []) + ["avgpool"] + (["fc"] if model.fc is not None else [])
+    rows = ["stem", *(name for name, _ in model.blocks()), *(head if model.has_head else [])]
     counts = {row: [0, 0] for row in rows}
     for kind, col in ((nnx.Param, 0), (nnx.BatchStat, 1)):
         for path, var in nnx.to_flat_state(nnx.state(model, kind)):

@@ -47,7 +47,8 @@ import mxnet as mx  # noqa: E402
 from mxnet import autograd, nd  # noqa: E402
 from mxnet.gluon import HybridBlock, nn  # noqa: E402
 
-from resnet_multi.arch.plan import BlockPlan, Conv, HeadPlan, Norm, Pool, StemPlan, plan  # noqa: E402
+from resnet_multi.arch.plan import BlockPlan, Conv, HeadPlan, Norm, Pool, StemPlan, plan, same_pads  # noqa: E402
+from resnet_multi.arch.shapes import feature_info  # noqa: E402
 from resnet_multi.arch.spec import ResNetSpec  # noqa: E402
 from resnet_multi.backends import common  # noqa: E402
 from resnet_multi.weights.canonical import init_weights  # noqa: E402
@@ -88,9 +89,49 @@ def device_name(ctx: mx.Context) -> str:
 # -- layers: conv, batch norm and the stem pool from plan records ----------------------
 
 
+def same_window(F, x, kernel: int, stride: int, mode: str, op):
+    """``op`` (an unpadded conv or pool, this kernel and stride) on x padded as TensorFlow's 'same'.
+
+    The widths depend on the input size (plan.same_pads), which a hybridized graph does not
+    know when it is built; so the graph pads by the widest the size can ask for, shifts each
+    spatial axis left by what this size does not need (a ``take`` with indices computed from
+    ``shape_array``, still one static graph), runs ``op`` unpadded and keeps the ceil(n / s)
+    outputs 'same' has. ``mode``: 'constant' (zeros) or 'edge', which for a max-pool is -inf
+    padding: every window holds the edge pixel it would repeat.
+    """
+    widest = [max(w) for w in zip(*(same_pads(n, kernel, stride) for n in range(stride, 2 * stride)))]
+    before_max, after_max = widest
+    xp = F.pad(x, mode=mode, pad_width=(0, 0, 0, 0, before_max, after_max, before_max, after_max))
+    size = F.cast(F.shape_array(x), "float32")
+    for axis in (2, 3):
+        n = F.slice_axis(size, axis=0, begin=axis, end=axis + 1)
+        out = F.floor((n + (stride - 1)) / stride)
+        before = F.floor(F.relu((out - 1) * stride + kernel - n) / 2)
+        index = F.broadcast_add(F.contrib.arange_like(xp, axis=axis), before_max - before)
+        xp = F.take(xp, index, axis=axis, mode="clip")
+    y = op(xp)
+    kept = F.slice(x, begin=(None,) * 4, end=(None,) * 4, step=(1, 1, stride, stride))  # ceil(n / s) a side
+    return F.slice_like(y, kept, axes=(2, 3))
+
+
+class SameConv2D(nn.Conv2D):
+    """Gluon's Conv2D with TensorFlow's 'same' padding, exact at every input size (same_window)."""
+
+    def __init__(self, c: Conv):
+        super().__init__(c.out_channels, c.kernel, strides=c.stride, padding=0, groups=c.groups, use_bias=c.bias,
+                         in_channels=c.in_channels, prefix=common.leaf_name(c.name) + "_")
+        self.window = (c.kernel, c.stride)
+
+    def hybrid_forward(self, F, x, weight, bias=None):
+        conv2d = super().hybrid_forward
+        return same_window(F, x, *self.window, "constant", lambda y: conv2d(F, y, weight, bias))
+
+
 def conv(c: Conv) -> nn.Conv2D:
     """A Gluon Conv2D for a plan Conv record, named by its leaf ('conv1_')."""
-    # Explicit symmetric padding (never 'same'); groups for ResNeXt's 3x3.
+    # Explicit padding: symmetric, or 'same' by hand (SameConv2D; never a 'same' keyword); groups for ResNeXt's 3x3.
+    if c.same:
+        return SameConv2D(c)
     return nn.Conv2D(c.out_channels, c.kernel, strides=c.stride, padding=c.padding, groups=c.groups,
                      use_bias=c.bias, in_channels=c.in_channels, prefix=common.leaf_name(c.name) + "_")
 
@@ -162,7 +203,8 @@ def batch_norm(norm: Norm, spec: ResNetSpec) -> BatchNorm:
 def max_pool(pool: Pool) -> nn.MaxPool2D:
     """The stem's max-pool. MXNet's pads with -inf, the true max; zero padding
     (keras.applications' ZeroPadding2D) is an explicit pad before it (see Stem)."""
-    return nn.MaxPool2D(pool.kernel, pool.stride, pool.padding if pool.pad_value == "neg_inf" else 0)
+    unpadded = pool.same or pool.pad_value != "neg_inf"
+    return nn.MaxPool2D(pool.kernel, pool.stride, 0 if unpadded else pool.padding)
 
 
 # -- stem ----------------------------------------------------------------------------
@@ -187,7 +229,10 @@ class Stem(_ImperativeInTraining):
         x = self.conv1(x)
         if self.bn1 is not None:
             x = _relu(F, self.bn1(x))
-        if self.pool is not None:
+        if self.pool is not None and self.pool.same:  # 'same' widths; 'edge' pads a max-pool as -inf does
+            mode = "edge" if self.pool.pad_value == "neg_inf" else "constant"
+            x = same_window(F, x, self.pool.kernel, self.pool.stride, mode, self.maxpool)
+        elif self.pool is not None:
             if self.pool.pad_value == "zero":
                 p = self.pool.padding
                 x = F.pad(x, mode="constant", constant_value=0, pad_width=(0, 0, 0, 0, p, p, p, p))
@@ -264,23 +309,30 @@ def stage(index: int, blocks: tuple[BlockPlan, ...], spec: ResNetSpec) -> Sequen
 # -- head ----------------------------------------------------------------------------------
 
 
-def head(h: HeadPlan, spec: ResNetSpec) -> dict[str, HybridBlock | None]:
-    """[post_bn -> ReLU] -> global average pool -> fc, as ResNet's attributes by name.
+def head(h: HeadPlan | None, spec: ResNetSpec) -> dict[str, HybridBlock | None]:
+    """[post_bn -> ReLU] -> global average pool -> [fc], as ResNet's attributes by name.
 
     Pre-activation nets end with BN + ReLU before pooling; the others have
-    post_bn = post_relu = None. Called inside the model's name scope.
+    post_bn = post_relu = None; num_classes 0 has fc = None, and a feature
+    extractor (h None) no head at all. Called inside the model's name scope.
     """
-    return {"post_bn": batch_norm(h.post_bn, spec) if h.post_bn else None,
-            "post_relu": nn.Activation("relu") if h.post_bn else None,
-            "avgpool": nn.GlobalAvgPool2D(),
-            "fc": nn.Dense(h.fc.out_features, in_units=h.fc.in_features, prefix="fc_")}
+    post_bn = h.post_bn if h is not None else None
+    fc = h.fc if h is not None else None
+    return {"post_bn": batch_norm(post_bn, spec) if post_bn else None,
+            "post_relu": nn.Activation("relu") if post_bn else None,
+            "avgpool": nn.GlobalAvgPool2D() if h is not None else None,
+            "fc": nn.Dense(fc.out_features, in_units=fc.in_features, prefix="fc_") if fc is not None else None}
 
 
 # -- build -----------------------------------------------------------------------------------
 
 
 class ResNet(_ImperativeInTraining):
-    """stem -> layer1..layerK -> [post_bn -> ReLU] -> global average pool -> fc."""
+    """stem -> layer1..layerK -> [post_bn -> ReLU] -> global average pool -> [fc].
+
+    It returns the logits; with num_classes 0 the pooled features (N, C); a feature extractor
+    (spec.features) returns the list of its features' maps and has no head.
+    """
 
     def __init__(self, spec: ResNetSpec, **kwargs):
         super().__init__(**kwargs)
@@ -293,6 +345,8 @@ class ResNet(_ImperativeInTraining):
                 setattr(self, f"layer{i}", stage(i, blocks, spec))
             for name, layer in head(p.head, spec).items():
                 setattr(self, name, layer)
+        self.output_rows = p.output_rows
+        self.feature_info = feature_info(spec) if spec.features else []
 
     def rows(self) -> list[tuple[str, tuple[HybridBlock, ...]]]:
         """The layer table's rows in order: (row name, the blocks that compute it)."""
@@ -301,13 +355,18 @@ class ResNet(_ImperativeInTraining):
             rows += [(f"layer{i}.{j}", (block,)) for j, block in enumerate(getattr(self, f"layer{i}"))]
         if self.post_bn is not None:
             rows.append(("post_bn", (self.post_bn, self.post_relu)))
-        return rows + [("avgpool", (self.avgpool,)), ("fc", (self.fc,))]
+        return rows + [(name, (getattr(self, name),)) for name in ("avgpool", "fc") if getattr(self, name)]
 
     def hybrid_forward(self, F, x):
-        for _, blocks in self.rows():
+        outputs = []
+        for name, blocks in self.rows():
             for block in blocks:
                 x = block(x)
-        return x
+            if name in self.output_rows:
+                outputs.append(x)
+        if self.spec.features:
+            return outputs
+        return x if self.fc is not None else F.flatten(x)  # num_classes 0: the pooled (N, C, 1, 1) as (N, C)
 
 
 def build(spec: ResNetSpec, device: str = "auto", seed: int = 0,
@@ -350,11 +409,12 @@ def activations(model: ResNet, x, train: bool = False) -> dict[str, np.ndarray]:
     return {name: out.asnumpy() for name, out in outputs.items()}
 
 
-def forward(model: ResNet, x, train: bool = False) -> np.ndarray:
-    """Logits (N, classes) from one call of the whole model (its hybridized graph in inference)."""
+def forward(model: ResNet, x, train: bool = False) -> np.ndarray | list[np.ndarray]:
+    """The model's output from one call of the whole model (its hybridized graph in inference): logits
+    (N, classes), pooled features (N, C), or a feature extractor's maps."""
     with _mode(train):
-        logits = model(_input(model, x))
-    return logits.asnumpy()
+        out = model(_input(model, x))
+    return [a.asnumpy() for a in out] if isinstance(out, (list, tuple)) else out.asnumpy()
 
 
 def row_counts(model: ResNet) -> dict[str, tuple[int, int]]:

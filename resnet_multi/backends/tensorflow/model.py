@@ -2,14 +2,16 @@
 
 Built the way keras.applications builds its ResNets: functions on symbolic
 tensors (stem, block, stage, head), explicit ZeroPadding2D before every
-padded conv, channels_last (NHWC, TensorFlow's fast layout on CPU). Every
+padded conv (SamePadding2D where the spec asks for TensorFlow's 'same', its
+widths computed from the input size, never padding='same'), channels_last (NHWC, TensorFlow's fast layout on CPU). Every
 Keras layer that holds weights is named with its canonical name (conv1, bn1,
 layer1.0.conv1, layer1.0.downsample.0, fc; Keras forbids only '/'), so
 ``model.get_layer("layer1.0.downsample.0")`` finds it and weights.py maps
 variables by layer name. Layers without weights get derived names
 ("layer1.0.conv2.pad", "layer1.0.bn1.relu", "layer1.0.add").
 
-The model returns logits. activations() runs the same graph (same layers, same
+The model returns logits (the pooled features with num_classes 0; a feature
+extractor, spec.features, returns the list of its NHWC maps). activations() runs the same graph (same layers, same
 variables) with every layer-table row as a named output, the usual Keras
 feature-extraction model, traced once per mode (model.row_functions).
 
@@ -39,7 +41,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-from resnet_multi.arch.plan import BlockPlan, Conv, HeadPlan, Norm, Pool, StemPlan, plan  # noqa: E402
+from resnet_multi.arch.plan import BlockPlan, Conv, HeadPlan, Norm, Pool, StemPlan, plan, same_pads  # noqa: E402
+from resnet_multi.arch.shapes import feature_info  # noqa: E402
 from resnet_multi.arch.spec import ResNetSpec  # noqa: E402
 from resnet_multi.backends import common  # noqa: E402
 from resnet_multi.errors import BackendUnavailable  # noqa: E402
@@ -128,9 +131,40 @@ ReLU = partial(layers.ReLU, dtype=FP32)
 Add = partial(layers.Add, dtype=FP32)
 
 
+class SamePadding2D(layers.Layer):
+    """TensorFlow's 'same' padding made explicit: widths from each input's (dynamic) size, as
+    plan.same_pads computes them (the odd pixel after), filled with ``fill`` (0, or -inf for a pool)."""
+
+    def __init__(self, kernel: int, stride: int, fill: float = 0.0, **kwargs):
+        super().__init__(dtype=FP32, **kwargs)
+        self.kernel, self.stride, self.fill = kernel, stride, fill
+
+    def widths(self, n):
+        out = (n + self.stride - 1) // self.stride
+        total = tf.maximum((out - 1) * self.stride + self.kernel - n, 0)
+        return tf.stack([total // 2, total - total // 2])
+
+    def call(self, x):
+        shape = tf.shape(x)  # NHWC
+        zero = tf.zeros(2, tf.int32)
+        return tf.pad(x, tf.stack([zero, self.widths(shape[1]), self.widths(shape[2]), zero]),
+                      constant_values=self.fill)
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        size = (lambda d: None if d is None else d + sum(same_pads(d, self.kernel, self.stride)))
+        return (n, size(h), size(w), c)
+
+    def get_config(self):
+        config = {k: v for k, v in super().get_config().items() if k != "dtype"}
+        return {**config, "kernel": self.kernel, "stride": self.stride, "fill": self.fill}
+
+
 def conv(x, c: Conv):
-    """Explicit symmetric zero padding, then a 'valid' conv: never 'same' (TF pads that asymmetrically)."""
-    if c.padding:
+    """Explicit zero padding (symmetric, or 'same' by hand: SamePadding2D), then a 'valid' conv."""
+    if c.same:  # never Keras's padding='same': the widths are computed here, as the plan says
+        x = SamePadding2D(c.kernel, c.stride, name=f"{c.name}.pad")(x)
+    elif c.padding:
         x = ZeroPadding2D(c.padding, name=f"{c.name}.pad")(x)
     return Conv2D(c.out_channels, c.kernel, strides=c.stride, groups=c.groups, use_bias=c.bias, name=c.name)(x)
 
@@ -149,6 +183,9 @@ def max_pool(x, pool: Pool):
     and 'same' pooling would pad asymmetrically)."""
     p = pool.padding
     fill = -np.inf if pool.pad_value == "neg_inf" else 0.0
+    if pool.same:  # TensorFlow's 'same' widths, filled as the spec says (TF's own 'same' pool: -inf)
+        x = SamePadding2D(pool.kernel, pool.stride, fill, name=f"{pool.name}.pad")(x)
+        return MaxPooling2D(pool.kernel, pool.stride, name=pool.name)(x)
     x = ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=fill)
     return MaxPooling2D(pool.kernel, pool.stride, name=pool.name)(x)
 
@@ -216,11 +253,12 @@ def stage(x, blocks: tuple[BlockPlan, ...], spec: ResNetSpec, rows: dict):
 
 
 def head(x, h: HeadPlan, spec: ResNetSpec, rows: dict):
-    """[post_bn-relu (pre-activation)] global average pool, fc (logits)."""
+    """[post_bn-relu (pre-activation)] global average pool [-> fc (logits; none for num_classes 0)]."""
     if h.post_bn is not None:
         x = rows["post_bn"] = batch_norm(x, h.post_bn, spec, relu=True)
     x = rows["avgpool"] = GlobalAveragePooling2D(name="avgpool")(x)
-    x = rows["fc"] = Dense(h.fc.out_features, name=h.fc.name)(x)
+    if h.fc is not None:
+        x = rows["fc"] = Dense(h.fc.out_features, name=h.fc.name)(x)
     return x
 
 
@@ -243,12 +281,15 @@ def build(spec: ResNetSpec, device: str = "auto", seed: int = 0,
         x = rows["stem"] = stem(image, p.stem, spec)
         for blocks in p.stages:
             x = stage(x, blocks, spec, rows)
-        logits = head(x, p.head, spec, rows)
-        model = keras.Model(image, logits, name=spec.name)
+        # Logits, pooled features (num_classes 0), or a feature extractor's list of NHWC maps.
+        outputs = [rows[r] for r in p.output_rows] if spec.features else head(x, p.head, spec, rows)
+        model = keras.Model(image, outputs, name=spec.name)
         # The same graph (same layers, same variables) with every layer-table row as an output.
         rows_model = keras.Model(image, rows, name=f"{spec.name}.rows")
     model.spec = spec
     model.row_names = tuple(rows)  # in model order: Keras may return dict outputs sorted by key
+    model.output_rows = p.output_rows
+    model.feature_info = feature_info(spec) if spec.features else []
     # One traced graph per mode for any batch and image size. Kept inside tf.functions, where
     # Keras's weight files do not look: a .weights.h5 holds the model's layers once.
     signature = [tf.TensorSpec((None, None, None, spec.in_channels), tf.float32)]
@@ -276,9 +317,11 @@ def _to_nchw(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(0, 3, 1, 2)) if a.ndim == 4 else a
 
 
-def forward(model: keras.Model, x: np.ndarray, train: bool = False) -> np.ndarray:
-    """Logits (N, classes) as numpy."""
-    return activations(model, x, train=train)["fc"]
+def forward(model: keras.Model, x: np.ndarray, train: bool = False) -> np.ndarray | list[np.ndarray]:
+    """The model's output as numpy: logits (N, classes), pooled features (N, C), or a feature extractor's maps."""
+    rows = activations(model, x, train=train)
+    out = [rows[name] for name in model.output_rows]
+    return out if model.spec.features else out[0]
 
 
 def _row_of(layer_name: str) -> str:

@@ -7,7 +7,8 @@ computes in NCHW, the canonical layout: nothing is transposed anywhere.
 
 Every geometric choice comes from resnet_multi.arch.plan.plan(spec); every
 numerics choice from the spec (BN eps and momentum: torch's own convention,
-so they pass through unchanged). Padding is explicit and symmetric.
+so they pass through unchanged). Padding is explicit: symmetric, or TensorFlow's
+'same' where the spec asks (SameConv2d, SameMaxPool2d pad each input by its size).
 
 BN running variance: nn.BatchNorm2d updates running_var with the unbiased
 batch variance, which is the spec's 'unbiased'. For 'biased' (Keras/Flax)
@@ -27,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet_multi.arch.plan import BlockPlan, Conv, HeadPlan, Linear, Norm, StemPlan, plan
+from resnet_multi.arch.plan import BlockPlan, Conv, HeadPlan, Linear, Norm, Pool, StemPlan, plan, same_pads
+from resnet_multi.arch.shapes import feature_info
 from resnet_multi.arch.spec import BatchNorm as BNSpec
 from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.backends.common import leaf_name, parse_device
@@ -90,8 +92,20 @@ class BatchNorm(nn.BatchNorm2d):
         return super().extra_repr() + (", running_var=biased" if self.biased_running_var else "")
 
 
+class SameConv2d(nn.Conv2d):
+    """nn.Conv2d padded as TensorFlow's 'same': explicit zero pads from each input's size (plan.same_pads)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s = self.kernel_size[0], self.stride[0]
+        (top, bottom), (left, right) = (same_pads(n, k, s) for n in x.shape[2:])
+        return super().forward(F.pad(x, (left, right, top, bottom)))
+
+
 def conv(c: Conv) -> nn.Conv2d:
-    """A plan Conv record as nn.Conv2d (explicit symmetric padding, groups and bias from the plan)."""
+    """A plan Conv record as nn.Conv2d (explicit padding: symmetric, or 'same'; groups and bias from the plan)."""
+    if c.same:
+        return SameConv2d(c.in_channels, c.out_channels, c.kernel, stride=c.stride, padding=0,
+                          groups=c.groups, bias=c.bias)
     return nn.Conv2d(c.in_channels, c.out_channels, c.kernel, stride=c.stride, padding=c.padding,
                      groups=c.groups, bias=c.bias)
 
@@ -104,9 +118,23 @@ def batch_norm(n: Norm, bn: BNSpec) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(n.channels, eps=bn.eps, momentum=bn.momentum, affine=n.affine)
 
 
-def max_pool(pool_padding: str) -> nn.Module:
-    """The stem's 3x3/2 max-pool, padded by 1 on every side."""
-    if pool_padding == "neg_inf":
+class SameMaxPool2d(nn.MaxPool2d):
+    """The max-pool with TensorFlow's 'same' widths (from each input's size), padded with -inf or zeros."""
+
+    def __init__(self, pool: Pool):
+        super().__init__(pool.kernel, stride=pool.stride, padding=0)
+        self.fill = -float("inf") if pool.pad_value == "neg_inf" else 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (top, bottom), (left, right) = (same_pads(n, self.kernel_size, self.stride) for n in x.shape[2:])
+        return super().forward(F.pad(x, (left, right, top, bottom), value=self.fill))
+
+
+def max_pool(pool: Pool) -> nn.Module:
+    """The stem's 3x3/2 max-pool, padded by 1 on every side (or as 'same' does)."""
+    if pool.same:
+        return SameMaxPool2d(pool)
+    if pool.pad_value == "neg_inf":
         return nn.MaxPool2d(3, stride=2, padding=1)  # torch pads max-pools with -inf: the true max
     # keras.applications: ZeroPadding2D then an unpadded pool; differs when inputs can be negative.
     return nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(3, stride=2, padding=0))
@@ -124,7 +152,7 @@ def stem(record: StemPlan, bn: BNSpec) -> dict[str, nn.Module]:
     if record.bn is not None:
         layers["bn1"] = batch_norm(record.bn, bn)
     if record.pool is not None:
-        layers["maxpool"] = max_pool(record.pool.pad_value)
+        layers["maxpool"] = max_pool(record.pool)
     return layers
 
 
@@ -196,13 +224,14 @@ def stage(blocks: tuple[BlockPlan, ...], bn: BNSpec) -> nn.Sequential:
 
 
 def head(record: HeadPlan, bn: BNSpec) -> dict[str, nn.Module]:
-    """[post_bn -> relu (pre-activation)] -> global average pool -> fc."""
+    """[post_bn -> relu (pre-activation)] -> global average pool [-> fc (none for num_classes 0)]."""
     layers: dict[str, nn.Module] = {}
     if record.post_bn is not None:
         layers["post_bn"] = batch_norm(record.post_bn, bn)
-    fc: Linear = record.fc
     layers["avgpool"] = nn.AdaptiveAvgPool2d(1)
-    layers["fc"] = nn.Linear(fc.in_features, fc.out_features)
+    fc: Linear | None = record.fc
+    if fc is not None:
+        layers["fc"] = nn.Linear(fc.in_features, fc.out_features)
     return layers
 
 
@@ -210,7 +239,11 @@ def head(record: HeadPlan, bn: BNSpec) -> dict[str, nn.Module]:
 
 
 class ResNet(nn.Module):
-    """torchvision's layout: [input_bn], conv1, [bn1], [maxpool], layer1..layerK, [post_bn], avgpool, fc."""
+    """torchvision's layout: [input_bn], conv1, [bn1], [maxpool], layer1..layerK, [post_bn], avgpool, [fc].
+
+    It returns the logits; with num_classes 0 the pooled features (N, C); a feature extractor
+    (spec.features) returns the list of its features' maps and has no head.
+    """
 
     def __init__(self, spec: ResNetSpec):
         super().__init__()
@@ -221,9 +254,11 @@ class ResNet(nn.Module):
         self.stage_names = [f"layer{i + 1}" for i in range(len(p.stages))]
         for name, blocks in zip(self.stage_names, p.stages):
             self.add_module(name, stage(blocks, spec.bn))
-        for name, layer in head(p.head, spec.bn).items():
+        for name, layer in (head(p.head, spec.bn) if p.head is not None else {}).items():
             self.add_module(name, layer)
         self.relu = nn.ReLU(inplace=False)
+        self.output_rows = p.output_rows
+        self.feature_info = feature_info(spec) if spec.features else []
 
     def run_stem(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "input_bn"):
@@ -242,17 +277,25 @@ class ResNet(nn.Module):
                 x = out[f"{stage_name}.{j}"] = block(x)
         if hasattr(self, "post_bn"):
             x = out["post_bn"] = self.relu(self.post_bn(x))
-        x = out["avgpool"] = self.avgpool(x)
-        out["fc"] = self.fc(torch.flatten(x, 1))
+        if hasattr(self, "avgpool"):
+            x = out["avgpool"] = self.avgpool(x)
+        if hasattr(self, "fc"):
+            out["fc"] = self.fc(torch.flatten(x, 1))
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The map global pooling reads: the last stage's output (after post_bn-relu in pre-activation nets)."""
         x = self.run_stem(x)
         for stage_name in self.stage_names:
             x = getattr(self, stage_name)(x)
-        if hasattr(self, "post_bn"):
-            x = self.relu(self.post_bn(x))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        return self.relu(self.post_bn(x)) if hasattr(self, "post_bn") else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.spec.features:
+            rows = self.rows(x)
+            return [rows[name] for name in self.output_rows]
+        x = torch.flatten(self.avgpool(self.forward_features(x)), 1)
+        return self.fc(x) if hasattr(self, "fc") else x
 
 
 def build(spec: ResNetSpec, device: str = "auto", seed: int = 0,
@@ -291,16 +334,16 @@ def activations(model: ResNet, x, train: bool = False) -> dict[str, np.ndarray]:
     return {name: to_numpy(t) for name, t in rows.items()}
 
 
-def forward(model: ResNet, x, train: bool = False) -> np.ndarray:
-    """Logits (N, classes) as numpy."""
+def forward(model: ResNet, x, train: bool = False) -> np.ndarray | list[np.ndarray]:
+    """The model's output as numpy: logits (N, classes), pooled features (N, C), or a feature extractor's maps."""
     was_training = model.training
     model.train(train)
     try:
         with torch.no_grad():
-            logits = model(_input(model, x))
+            out = model(_input(model, x))
     finally:
         model.train(was_training)
-    return to_numpy(logits)
+    return [to_numpy(t) for t in out] if isinstance(out, list) else to_numpy(out)
 
 
 def _is_running_stat(name: str) -> bool:
@@ -320,10 +363,9 @@ def row_counts(model: ResNet) -> dict[str, tuple[int, int]]:
     for stage_name in model.stage_names:
         for j, block in enumerate(getattr(model, stage_name)):
             counts[f"{stage_name}.{j}"] = _count([block])
-    if hasattr(model, "post_bn"):
-        counts["post_bn"] = _count([model.post_bn])
-    counts["avgpool"] = _count([model.avgpool])
-    counts["fc"] = _count([model.fc])
+    for name in ("post_bn", "avgpool", "fc"):
+        if hasattr(model, name):
+            counts[name] = _count([getattr(model, name)])
     return counts
 
 
