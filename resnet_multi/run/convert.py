@@ -10,7 +10,8 @@ Formats (``--from`` / ``--to``; guessed from the file name when omitted):
 | keras-applications  | .weights.h5 .h5        | tensorflow: keras.applications ResNet50/101/152 and V2 |
 | flax                | .msgpack               | flax: our NNX models' state |
 | gluon               | .params                | mxnet: our Gluon models |
-| gluon-zoo           | .params                | mxnet: mxnet.gluon.model_zoo.vision resnet*_v1/_v2 |
+| gluon-zoo           | .params                | mxnet: mxnet.gluon.model_zoo.vision resnet*_v1/_v2, GluonCV's resnext* |
+| gluoncv-v1b         | .params                | mxnet: GluonCV's resnet*_v1b (ResNetV1b; pass it with --from/--to) |
 
 A step whose framework is not importable here runs in that backend's
 environment (found as ``compare`` finds it), through a canonical file in

@@ -8,5 +8,5 @@ from __future__ import annotations
 
 FORMATS: dict[str, str | None] = {
     "canonical": None, "torch": "torch", "keras": "tensorflow", "keras-applications": "tensorflow",
-    "flax": "flax", "gluon": "mxnet", "gluon-zoo": "mxnet",
+    "flax": "flax", "gluon": "mxnet", "gluon-zoo": "mxnet", "gluoncv-v1b": "mxnet",
 }

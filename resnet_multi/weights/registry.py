@@ -2,12 +2,12 @@
 
 One ``[[weights]]`` table per entry, looked up by (preset, name):
 
-- ``name`` (``torchvision/IMAGENET1K_V2``, ``keras/imagenet``, ``gluon/imagenet``), ``arch`` (our preset),
-  ``url`` (the source's own location), ``format`` (one of ``resnet-multi convert``'s formats, so its
-  readers are reused), ``categories`` (the name of a class-name list shipped beside this module),
+- ``name`` (``torchvision/IMAGENET1K_V2``, ``keras/imagenet``, ``gluon/imagenet``, ``gluoncv/imagenet``),
+  ``arch`` (our preset), ``url`` (the source's own location), ``format`` (one of ``resnet-multi convert``'s
+  formats, so its readers are reused), ``categories`` (the name of a class-name list shipped beside this module),
   ``source`` (the framework file the entry was read from), optional ``note`` and ``sha256``;
 - ``[weights.checksum]``: what the source publishes: ``algorithm`` (``sha256-prefix``: torchvision's
-  hash in the file name; ``md5``: keras.applications; ``sha1``: the Gluon model store; ``sha256``),
+  hash in the file name; ``md5``: keras.applications; ``sha1``: the Gluon and GluonCV model stores; ``sha256``),
   ``value``, ``of`` (``file``, or ``archive member`` when the URL is an archive) and ``source``;
 - ``[weights.archive]`` (optional): ``kind`` (``zip``) and ``member``, the weights file inside it;
 - ``[weights.preprocessing]``: ``input_size``, optional ``resize`` (the shorter side), ``crop`` (a

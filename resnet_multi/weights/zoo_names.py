@@ -5,7 +5,11 @@
 - keras.applications ResNet50/101/152 (v1) and ResNet50V2/101V2/152V2 name
   layers ``conv{stage+1}_block{block+1}_{k}_conv`` and so on.
 - mxnet.gluon.model_zoo.vision resnet*_v1 / resnet*_v2 save parameters under
-  their structural names (``features.4.0.body.0.weight``).
+  their structural names (``features.4.0.body.0.weight``); GluonCV's ResNext
+  (gluoncv/model_zoo/resnext.py) uses the same layout as v1.
+- GluonCV's ResNetV1b (gluoncv/model_zoo/resnetv1b.py) has torchvision's module
+  names (``layer1.0.downsample.0.weight``, ``fc.weight``) with Gluon's BN names
+  (``bn1.gamma``, ``bn1.beta``).
 
 The readers and writers of each framework's files live in
 ``resnet_multi/backends/<name>/files.py``; they use these maps.
@@ -145,5 +149,49 @@ def to_gluon_zoo(spec: ResNetSpec, state: Mapping[str, np.ndarray]) -> dict[str,
     return out
 
 
+# -- GluonCV ResNetV1b ---------------------------------------------------------------
+
+# The modules a ResNetV1b holds (gluoncv/model_zoo/resnetv1b.py, its default deep_stem=False, avg_down=False):
+# the stem's conv1 and bn1, the blocks' convs and BNs and downsample (conv, BN), and fc.
+_V1B_TOP = ("conv1", "bn1", "fc")
+_V1B_PARTS = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "downsample.0", "downsample.1")
+
+
+def gluoncv_v1b_names(spec: ResNetSpec) -> dict[str, str]:
+    """Canonical tensor name -> GluonCV ResNetV1b parameter name: torchvision's names, a BN's weight and bias
+    stored as ``gamma`` and ``beta``. A spec with a part ResNetV1b has not (v2's data BN, pre-activation BNs)
+    is refused."""
+    names = {}
+    for name in list(plan(spec).param_shapes()) + list(plan(spec).buffer_shapes()):
+        module, leaf = name.rsplit(".", 1)
+        match = _BLOCK_RE.match(module)
+        if not (module in _V1B_TOP or (match and match.group(3) in _V1B_PARTS)):
+            raise UserError(f"GluonCV's ResNetV1b has no parameter for {name!r}")
+        is_bn = leaf in ("running_mean", "running_var") or (leaf in ("weight", "bias") and _is_norm(spec, module))
+        names[name] = f"{module}.{_GLUON_BN[leaf] if is_bn else leaf}"
+    return names
+
+
+def from_gluoncv_v1b(spec: ResNetSpec, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """GluonCV ResNetV1b parameters -> canonical state; every missing and every extra name is listed at once."""
+    names = gluoncv_v1b_names(spec)
+    missing = [g for g in names.values() if g not in params]
+    if missing:
+        raise UserError(f"not a GluonCV ResNetV1b {spec.name} checkpoint: missing {len(missing)} parameters "
+                        f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})")
+    used = set(names.values())
+    extra = [k for k in params if k not in used]
+    if extra:
+        raise UserError(f"the checkpoint has {len(extra)} parameters {spec.name} does not: "
+                        f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+    return {c: np.asarray(params[g], dtype=np.float32) for c, g in names.items()}
+
+
+def to_gluoncv_v1b(spec: ResNetSpec, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Canonical state -> GluonCV ResNetV1b parameter names."""
+    return {g: np.asarray(state[c], dtype=np.float32) for c, g in gluoncv_v1b_names(spec).items()}
+
+
 __all__ = ["keras_applications_layer", "keras_variables", "canonical_from_keras",
-           "gluon_zoo_names", "from_gluon_zoo", "to_gluon_zoo"]
+           "gluon_zoo_names", "from_gluon_zoo", "to_gluon_zoo",
+           "gluoncv_v1b_names", "from_gluoncv_v1b", "to_gluoncv_v1b"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 from pathlib import Path
 
@@ -81,4 +82,21 @@ def run_in_torch_env(script: str, out: Path) -> None:
                           env=child_env(), timeout=300)
     if done.returncode != 0 and "No module named" in done.stderr:
         pytest.skip(f"the torch environment lacks a package: {done.stderr.strip().splitlines()[-1]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def run_in_mxnet_env(script: str, out: Path) -> None:
+    """run_in_torch_env's twin for the mxnet environment, where Gluon and GluonCV make their own checkpoints; skipped
+    where mxnet or a package the script needs is missing, except in the mxnet nox session
+    (RESNET_MULTI_REQUIRE_BACKEND=mxnet), where that is a failure."""
+    required = os.environ.get("RESNET_MULTI_REQUIRE_BACKEND") == "mxnet"
+    python, why = find_python("mxnet", {})
+    if python is None:
+        if required:
+            pytest.fail(f"mxnet is missing: {why}")
+        pytest.skip(f"mxnet is missing: {why}")
+    done = subprocess.run([python, "-c", script, str(out), str(ROOT)], capture_output=True, text=True,
+                          env=child_env(), timeout=300)
+    if done.returncode != 0 and "No module named" in done.stderr and not required:
+        pytest.skip(f"the mxnet environment lacks a package: {done.stderr.strip().splitlines()[-1]}")
     assert done.returncode == 0, done.stderr[-2000:]

@@ -25,7 +25,7 @@ from .native_helpers import batch, check_bench, cross_entropy, model, tiny
 
 # The weight-file formats each backend reads and writes; the first is our own model's file, named so.
 FORMATS = {"torch": ("torch",), "tensorflow": ("keras", "keras-applications"), "flax": ("flax",),
-           "mxnet": ("gluon", "gluon-zoo")}
+           "mxnet": ("gluon", "gluon-zoo", "gluoncv-v1b")}
 FILE_NAME = {"torch": "w.pt", "tensorflow": "w.weights.h5", "flax": "w.msgpack", "mxnet": "w.params"}
 # The mixed precisions a TrainStep runs on a CPU (torch's fp16 autocast needs a CUDA GPU; MXNet is fp32 only).
 CPU_MIXED = {"torch": ("bf16",), "tensorflow": ("bf16", "fp16"), "flax": ("bf16", "fp16"), "mxnet": ()}

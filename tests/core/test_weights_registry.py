@@ -29,12 +29,20 @@ TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "re
 TORCHVISION_V2 = {"resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d", "wide_resnet50_2",
                   "wide_resnet101_2"}
 GLUON = [f"gluon_resnet{d}_v{v}" for v in (1, 2) for d in (18, 34, 50, 101, 152)]
+# GluonCV's ImageNet files whose network is one of our presets: ResNetV1b (gluoncv/model_zoo/resnetv1b.py) is
+# torchvision's ResNet, its ResNext (resnext.py) torchvision's ResNeXt; resnext101_32x4d has no preset, the
+# CIFAR nets (cifarresnet.py: no ReLU after the stem's BN) equal none of ours.
+GLUONCV = {"resnet18": "resnet18_v1b", "resnet34": "resnet34_v1b", "resnet50": "resnet50_v1b",
+           "resnet101": "resnet101_v1b", "resnet152": "resnet152_v1b", "resnext50_32x4d": "resnext50_32x4d",
+           "resnext101_64x4d": "resnext101_64x4d"}
+GLUON_HOST = "https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/gluon/models/"
 # family prefix of a name -> (the URL prefix on the source's own host, the format, the backend owning it)
 HOSTS = {
     "torchvision": ("https://download.pytorch.org/models/", "torch", "torch"),
     "keras": ("https://storage.googleapis.com/tensorflow/keras-applications/resnet/", "keras-applications",
               "tensorflow"),
-    "gluon": ("https://apache-mxnet.s3-accelerate.dualstack.amazonaws.com/gluon/models/", "gluon-zoo", "mxnet"),
+    "gluon": (GLUON_HOST, "gluon-zoo", "mxnet"),
+    "gluoncv": (GLUON_HOST, None, "mxnet"),  # format: gluoncv-v1b for ResNetV1b, gluon-zoo (its layout) for ResNext
 }
 REQUIRED = {"name", "arch", "url", "format", "categories", "source", "checksum", "preprocessing"}
 REQUIRED_PRE = {"input_size", "channel_order", "value_range", "mean", "function", "source"}
@@ -50,9 +58,10 @@ def test_every_preset_of_the_three_families_is_covered():
     want = ({(a, "torchvision/IMAGENET1K_V1") for a in TORCHVISION}
             | {(a, "torchvision/IMAGENET1K_V2") for a in TORCHVISION_V2}
             | {(a, "keras/imagenet") for a in KERAS_APPLICATIONS}
-            | {(a, "gluon/imagenet") for a in GLUON})
+            | {(a, "gluon/imagenet") for a in GLUON}
+            | {(a, "gluoncv/imagenet") for a in GLUONCV})
     assert names == want
-    assert len(ENTRIES) == len(names) == 17 + 6 + 10  # every entry once: no (arch, name) twice
+    assert len(ENTRIES) == len(names) == 17 + 6 + 10 + 7  # every entry once: no (arch, name) twice
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: f"{e.arch}:{e.name}")
@@ -68,7 +77,8 @@ def test_every_entry_has_every_field(entry):
     if "resize" not in data["preprocessing"]:
         assert "resize" in data["note"]
     for source in (data["source"], data["checksum"]["source"], data["preprocessing"]["source"]):
-        assert re.match(r"^(torchvision|torch|keras|mxnet) [0-9.]+: |^the hash in the file name", source), source
+        assert re.match(r"^(torchvision|torch|keras|mxnet|gluoncv) [0-9a-z.]+: |^the hash in the file name",
+                        source), source
         assert ".py" in source  # names the file it was read from
 
 
@@ -85,9 +95,10 @@ def test_every_url_is_on_its_sources_host_and_carries_its_checksum(entry):
         assert checksum["algorithm"] == "md5" and len(checksum["value"]) == 32
         assert file.endswith("_weights_tf_dim_ordering_tf_kernels.h5")  # include_top=True, not _notop
         assert "include_top=True" in entry.data["note"]
-    else:  # model_store.py: {name}-{sha1[:8]}.zip holding {name}-{sha1[:8]}.params
+    else:  # model_store.py (mxnet's and GluonCV's): {name}-{sha1[:8]}.zip holding {name}-{sha1[:8]}.params
         assert checksum["algorithm"] == "sha1" and len(checksum["value"]) == 40
-        stem = f"{entry.arch.removeprefix('gluon_')}-{checksum['value'][:8]}"
+        name = GLUONCV[entry.arch] if family(entry) == "gluoncv" else entry.arch.removeprefix("gluon_")
+        stem = f"{name}-{checksum['value'][:8]}"
         assert file == f"{stem}.zip" and entry.data["archive"] == {"kind": "zip", "member": f"{stem}.params"}
         assert checksum["of"] == "archive member"
 
@@ -95,6 +106,8 @@ def test_every_url_is_on_its_sources_host_and_carries_its_checksum(entry):
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: f"{e.arch}:{e.name}")
 def test_every_format_is_read_by_the_backend_that_owns_it(entry):
     _, fmt, backend = HOSTS[family(entry)]
+    if family(entry) == "gluoncv":
+        fmt = "gluon-zoo" if entry.arch.startswith("resnext") else "gluoncv-v1b"
     assert entry.format == fmt and FORMATS[entry.format] == backend
 
 
@@ -111,6 +124,10 @@ def test_the_sources_preprocessing():
     assert tf["channel_order"] == "RGB" and tf["mean"] == tf["std"] == [127.5] * 3
     gluon = registry.get("gluon_resnet50_v2", "gluon/imagenet").preprocessing
     assert gluon["value_range"] == [0.0, 1.0] and gluon["mean"] == tv1["mean"] and gluon["std"] == tv1["std"]
+    gluoncv = registry.get("resnet50", "gluoncv/imagenet").preprocessing  # transform_eval's defaults, OpenCV's bilinear
+    assert (gluoncv["resize"], gluoncv["crop"]) == (256, 224)
+    assert gluoncv["interpolation"] == "bilinear" and gluoncv["antialias"] is False
+    assert gluoncv["value_range"] == [0.0, 1.0] and gluoncv["mean"] == tv1["mean"] and gluoncv["std"] == tv1["std"]
     words = registry.describe_preprocessing(tv2)
     assert "232" in words and "center-crop 224x224" in words and "bilinear" in words
     assert "BGR" in registry.describe_preprocessing(caffe) and "no scaling" in registry.describe_preprocessing(caffe)
@@ -118,8 +135,60 @@ def test_the_sources_preprocessing():
 
 def test_published_accuracy():
     assert registry.get("resnet50", "torchvision/IMAGENET1K_V2").data["accuracy"]["top1"] == 80.858
-    assert all(e.top1 is not None for e in ENTRIES if family(e) == "torchvision")
-    assert all(e.top1 is None for e in ENTRIES if family(e) != "torchvision")  # neither publishes one in the package
+    assert all(e.top1 is not None for e in ENTRIES if family(e) in ("torchvision", "gluoncv"))
+    # neither keras.applications nor the Gluon model zoo publishes one in its package
+    assert all(e.top1 is None for e in ENTRIES if family(e) in ("keras", "gluon"))
+    # GluonCV's own model-zoo table (docs/model_zoo/csv_tables/Classifications/ResNet.csv, ResNext.csv)
+    assert {e.arch: (e.data["accuracy"]["top1"], e.data["accuracy"]["top5"]) for e in ENTRIES
+            if family(e) == "gluoncv"} == {
+        "resnet18": (70.94, 89.83), "resnet34": (74.65, 92.08), "resnet50": (77.67, 93.82),
+        "resnet101": (79.20, 94.61), "resnet152": (79.69, 94.74), "resnext50_32x4d": (79.32, 94.53),
+        "resnext101_64x4d": (80.69, 95.17)}
+    for e in ENTRIES:
+        if family(e) == "gluoncv":  # each row is the file's: the table's hashtag is its sha1 prefix
+            assert f"hashtag {e.data['checksum']['value'][:8]}" in e.data["accuracy"]["source"]
+
+
+def test_gluoncv_entries_sit_on_the_presets_that_are_their_networks():
+    """ResNetV1b and GluonCV's ResNext are torchvision's networks with Gluon's BN defaults (eps 1e-5, momentum 0.9,
+    i.e. 0.1 in our convention): stride on the 3x3, conv + BN shortcuts, no conv biases. The BN running-variance
+    estimator (Gluon: biased) is the one difference, a training-time one, and the note says so."""
+    for entry in (e for e in ENTRIES if family(e) == "gluoncv"):
+        spec = presets.get(entry.arch)
+        assert spec.stride_at == "3x3" and spec.shortcut == "conv_bn" and spec.conv_bias == ()
+        assert not spec.preactivation and spec.stem.kind == "imagenet" and spec.stem.pool_padding == "neg_inf"
+        assert (spec.bn.eps, spec.bn.momentum) == (1e-5, 0.1)
+        assert "running_var" in entry.data["note"] and "eps 1e-5" in entry.data["note"]
+    assert presets.get("resnext101_64x4d").stages[0].cardinality == 64
+
+
+def test_the_gluoncv_v1b_name_map():
+    """GluonCV's ResNetV1b names (as its save_parameters writes them, checked on its own model in
+    tests/backends/test_gluoncv_weights.py): torchvision's, with a BN's weight and bias as gamma and beta."""
+    import numpy as np
+
+    from resnet_multi.arch.plan import plan
+    from resnet_multi.weights import zoo_names
+
+    spec = presets.get("resnet50")
+    names = zoo_names.gluoncv_v1b_names(spec)
+    assert names["conv1.weight"] == "conv1.weight" and names["bn1.weight"] == "bn1.gamma"
+    assert names["layer1.0.downsample.0.weight"] == "layer1.0.downsample.0.weight"
+    assert names["layer1.0.downsample.1.bias"] == "layer1.0.downsample.1.beta"
+    assert names["layer4.2.bn3.running_var"] == "layer4.2.bn3.running_var" and names["fc.bias"] == "fc.bias"
+    assert len(set(names.values())) == len(names) == 267  # ResNetV1b-50's 267 parameters
+    rng = np.random.default_rng(0)
+    shapes = {**plan(spec).param_shapes(), **plan(spec).buffer_shapes()}
+    state = {k: rng.standard_normal(shape).astype(np.float32) for k, shape in shapes.items()}
+    params = zoo_names.to_gluoncv_v1b(spec, state)
+    back = zoo_names.from_gluoncv_v1b(spec, params)
+    assert set(back) == set(state) and all(np.array_equal(back[k], state[k]) for k in state)
+    with pytest.raises(registry.UserError, match="missing 1 parameters .*fc.bias"):
+        zoo_names.from_gluoncv_v1b(spec, {k: v for k, v in params.items() if k != "fc.bias"})
+    with pytest.raises(registry.UserError, match="1 parameters resnet50 does not: fc.extra"):
+        zoo_names.from_gluoncv_v1b(spec, {**params, "fc.extra": np.zeros(1, np.float32)})
+    with pytest.raises(registry.UserError, match="ResNetV1b has no parameter for"):
+        zoo_names.gluoncv_v1b_names(presets.get("gluon_resnet50_v2"))
 
 
 def test_categories():
@@ -201,7 +270,9 @@ def test_weights_list_json_holds_every_entry_with_every_field():
     out = cli("weights", "list", "--json")
     assert out.returncode == 0, out.stderr
     found = json.loads(out.stdout)["weights"]
-    assert len(found) == len(ENTRIES) == 33  # every ImageNet weights file the three sources publish for our presets
+    # every ImageNet weights file torchvision, keras.applications and the Gluon model zoo publish for our presets,
+    # and GluonCV's for the presets that are its networks
+    assert len(found) == len(ENTRIES) == 40
     assert all(REQUIRED <= set(e) and REQUIRED_PRE <= set(e["preprocessing"]) for e in found)
     assert found == [e.to_dict() for e in ENTRIES]
 
@@ -212,7 +283,7 @@ def test_weights_list_table_and_arch(capsys):
     assert "download.pytorch.org" in text and "80.858" in text and "keras-applications" in text
     assert main(["weights", "list", "--arch", "resnet50", "--json"]) == 0
     assert [e["name"] for e in json.loads(capsys.readouterr().out)["weights"]] == [
-        "torchvision/IMAGENET1K_V1", "torchvision/IMAGENET1K_V2"]
+        "torchvision/IMAGENET1K_V1", "torchvision/IMAGENET1K_V2", "gluoncv/imagenet"]
     assert main(["weights", "list", "--arch", "d2l_resnet18"]) == 0
     assert "note: no published weights for d2l_resnet18" in capsys.readouterr().out
 

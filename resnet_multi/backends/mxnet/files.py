@@ -2,8 +2,10 @@
 
 'gluon' is our model's own ``.params`` file (``save_parameters``: structural
 names such as ``stem.conv1.weight``, ``layer1.0.bn1.gamma``); 'gluon-zoo' is
-a mxnet.gluon.model_zoo.vision resnet*_v1/_v2 ``.params`` file, its names
-mapped by resnet_multi.weights.zoo_names. Either is read with mx.nd.load and
+a mxnet.gluon.model_zoo.vision resnet*_v1/_v2 ``.params`` file (and GluonCV's
+ResNext, which has its layout); 'gluoncv-v1b' is a GluonCV ResNetV1b
+``.params`` file (torchvision's names, ``bn1.gamma``); their names are
+mapped by resnet_multi.weights.zoo_names. Each is read with mx.nd.load and
 its names mapped to canonical ones; a file that does not fit is refused
 whole, with every missing, unexpected and mis-shaped tensor listed, and
 every tensor that is not float or not finite, checked as stored before any
@@ -28,7 +30,7 @@ from resnet_multi.weights.canonical import State, WeightsError, check_state, sho
 from .model import ResNet, build
 from .weights import parameters
 
-FORMATS = ("gluon", "gluon-zoo")
+FORMATS = ("gluon", "gluon-zoo", "gluoncv-v1b")
 
 
 def _format(fmt: str) -> str:
@@ -93,6 +95,13 @@ def read_file(path, spec: ResNetSpec, fmt: str = "gluon") -> State:
             state = zoo_names.from_gluon_zoo(spec, raw)
         except UserError as exc:
             raise WeightsError(f"{path}: {exc}") from None
+    elif fmt == "gluoncv-v1b":
+        try:
+            names = zoo_names.gluoncv_v1b_names(spec)
+        except UserError as exc:
+            raise WeightsError(f"{path}: {exc}") from None
+        state = _to_canonical_names(raw, names, {}, spec, str(path))  # every missing, extra, mis-shaped one
+        notes = state.notes
     else:
         names, frozen = _gluon_names(spec)
         state = _to_canonical_names(raw, names, frozen, spec, str(path))
@@ -111,6 +120,9 @@ def write_file(state: Mapping[str, np.ndarray], path, spec: ResNetSpec, fmt: str
     fmt = _format(fmt)
     if fmt == "gluon-zoo":
         arrays = {k: mx.nd.array(v, dtype="float32") for k, v in zoo_names.to_gluon_zoo(spec, state).items()}
+        atomic_write(path, lambda tmp: mx.nd.save(str(tmp), arrays))
+    elif fmt == "gluoncv-v1b":
+        arrays = {k: mx.nd.array(v, dtype="float32") for k, v in zoo_names.to_gluoncv_v1b(spec, state).items()}
         atomic_write(path, lambda tmp: mx.nd.save(str(tmp), arrays))
     else:
         model = build(spec, device="cpu", state=state)
