@@ -21,3 +21,7 @@ class DeviceUnavailable(UserError, RuntimeError):
 
 class PrecisionUnavailable(UserError, ValueError):
     """A precision that is unknown, or that this backend or device cannot run."""
+
+
+class WorkerFailed(UserError, RuntimeError):
+    """A worker of a data-parallel run died, failed or timed out: the whole run stops, in one line naming it."""

@@ -164,6 +164,20 @@ class BackendFace:
     def load_optimizer_state(self, step, state: Mapping[str, Any]) -> None:
         self.module("train").load_optimizer_state(step, state)
 
+    def data_parallel(self, workers: int, sync_bn: bool = False, device: str = "auto"):
+        """The framework's own data-parallel engine for ``workers`` workers (train.py's DataParallel).
+
+        It has ``name``, ``device``, ``processes``, ``rank`` and ``launcher`` (this process must start the
+        worker processes: ``launch(fn, args)``), and ``build``, ``make_train_step`` (step(part of the global
+        batch, its labels) -> the global batch's loss), ``gather``, ``replica_spread`` and ``close``;
+        docs/distributed.md.
+        """
+        if self.name == "tensorflow" and "tensorflow" not in sys.modules:
+            # oneDNN's CPU kernels race when MirroredStrategy runs replicas side by side (a conv gradient
+            # fails now and then: "could not create a primitive descriptor"); TensorFlow's own kernels do not.
+            os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+        return self.module("train").DataParallel(workers, sync_bn=sync_bn, device=device)
+
     # -- benchmarks -----------------------------------------------------------------------
 
     def benchmark(self, model, x, mode: str = "infer", precision: str = "fp32", repeats: int = 5,

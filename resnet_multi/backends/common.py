@@ -108,3 +108,20 @@ def momentum_of(name: str) -> str:
 def leaf_name(name: str) -> str:
     """A layer's attribute name inside its block: 'layer1.0.conv1' -> 'conv1'."""
     return name.rsplit(".", 1)[-1]
+
+
+# -- data parallel -------------------------------------------------------------------------------
+
+
+def parallel_device_kind(device: str, gpu_count: int, framework: str) -> str:
+    """'cpu' or 'gpu': the kind of device each worker of a data-parallel run takes one of.
+
+    'auto' is the GPUs when there are any, else the CPU; 'cpu' and 'gpu' (or 'cuda') name the kind;
+    a numbered device ('gpu:1') is one device, not a set of workers: a DeviceUnavailable.
+    """
+    name = str(device).strip().lower()
+    if ":" in name:
+        raise DeviceUnavailable(f"device {device!r} is one device; a data-parallel run gives each worker one "
+                                f"of its own: pass --device gpu, cpu or auto")
+    kind, _ = parse_device(name, gpu_count, framework)
+    return kind

@@ -154,7 +154,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                          resize=args.resize, seed=args.seed, device=args.device, precision=args.precision,
                          out=args.out, resume=args.resume, allow_large=args.allow_large, weights=args.weights,
-                         num_classes=args.num_classes)
+                         num_classes=args.num_classes, workers=args.workers, sync_bn=args.sync_bn,
+                         check_replicas=args.check_replicas)
     pretrained = None if args.resume else _pretrained(presets.resolve(args.model), args)  # resume: the checkpoint's
     return train(config, Progress(enabled=not args.quiet), pretrained=pretrained)
 

@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", parents=[with_json], help="convert weights between the canonical file and framework formats",
                        description="Convert weights: canonical .safetensors, torch/torchvision/timm .pth, Keras "
                                    ".weights.h5 (ours or keras.applications), Flax .msgpack, Gluon .params (ours "
-                                   "or the model zoo). A file that does not fit the architecture is refused "
+                                   "or the model zoo; GluonCV's ResNetV1b as gluoncv-v1b). A file that does not "
+                                   "fit the architecture is refused "
                                    "whole. Steps whose framework is not installed here run in that backend's "
                                    "environment.")
     p.add_argument("src", type=arg.path_arg, metavar="SRC")
@@ -215,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights(p)
     p.add_argument("--num-classes", type=arg.positive_int, metavar="K",
                    help="replace the head by a freshly initialised one of K classes (seeded, the spec's init)")
+    p.add_argument("--workers", type=arg.positive_int, default=1, metavar="N",
+                   help="data-parallel workers on the framework's own engine (docs/distributed.md); --batch-size "
+                        "is the global batch, split evenly over them (default 1)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="BN statistics over the global batch (else each worker's slice)")
+    p.add_argument("--check-replicas", action="store_true",
+                   help="after every step of the first epoch, measure that every worker holds the same weights "
+                        "(metrics.json: steps[].weights_spread)")
     _add_allow_large(p)
 
     p = sub.add_parser("predict", parents=[with_json], help="classify images with pretrained weights",

@@ -20,6 +20,7 @@ from resnet_multi import faces
 from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.errors import UserError
 from resnet_multi.files import atomic_write
+from resnet_multi.training.parallel import bn_batch
 from resnet_multi.weights.canonical import WeightsError
 
 OPTIMIZER_PREFIX = "optimizer."
@@ -27,6 +28,8 @@ CHECKPOINT_FORMAT = "resnet-multi/checkpoint-1"
 # The settings that change the numbers a run computes: a resume must keep the checkpoint's.
 # (The model is compared by its whole spec.) epochs, device, data_dir, out and allow_large may change:
 # the device changes only the float rounding, data_dir only where the same dataset is read from.
+# workers and sync_bn may change when BN's batch stays the same (training/parallel.py: bn_batch): with
+# --sync-bn, N workers compute what one does, to float rounding, like another device.
 RESUME_MUST_MATCH = ("backend", "dataset", "batch_size", "lr", "momentum", "seed", "resize", "precision")
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "images_per_s", "seconds")
 
@@ -87,6 +90,14 @@ def _check_meta(path: Path, meta: Any) -> None:
 
 
 
+def saved_bn_batch(saved: dict[str, Any]) -> int | None:
+    """The BN batch of a checkpoint's config (older checkpoints: one worker); None for values that make no sense."""
+    workers, sync_bn, batch = saved.get("workers", 1), saved.get("sync_bn", False), saved["batch_size"]
+    if not (type(workers) is int and type(batch) is int and workers >= 1 and isinstance(sync_bn, bool)):
+        return None
+    return bn_batch(batch, workers, sync_bn)
+
+
 def check_resumable(path: Path, meta: dict[str, Any], config: Any, spec: ResNetSpec, backend: str) -> None:
     """Every setting that changes the numbers must be the checkpoint's: one line naming each that is not.
 
@@ -105,6 +116,12 @@ def check_resumable(path: Path, meta: dict[str, Any], config: Any, spec: ResNetS
                 old = faces.canonical_name(old)
         if old != now[key]:
             changed.append(f"{key} {old!r} (now {now[key]!r})")
+    if saved["batch_size"] == now["batch_size"]:  # workers and sync_bn change the numbers through BN's batch
+        old_bn, new_bn = saved_bn_batch(saved), bn_batch(config.batch_size, config.workers, config.sync_bn)
+        if old_bn != new_bn:
+            changed.append(f"BN statistics over {old_bn} images (now {new_bn}: workers {config.workers}, "
+                           f"sync_bn {config.sync_bn}; the checkpoint's: workers {saved.get('workers', 1)!r}, "
+                           f"sync_bn {saved.get('sync_bn', False)!r})")
     if changed:
         raise UserError(f"{path} was written with other settings: {', '.join(changed)}; resume with the "
                         f"checkpoint's settings, or start a new run with another --out")

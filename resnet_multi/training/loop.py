@@ -40,6 +40,7 @@ from resnet_multi.arch.spec import ResNetSpec
 from resnet_multi.errors import UserError
 from resnet_multi.files import atomic_write
 from resnet_multi.training import data as datasets
+from resnet_multi.training import parallel
 from resnet_multi.training.checkpoints import check_resumable, load_checkpoint, save_checkpoint
 from resnet_multi.weights.canonical import check_state, with_new_head
 
@@ -63,6 +64,9 @@ class TrainConfig:
     allow_large: bool = False  # skip the memory check (--allow-large)
     weights: str | None = None  # pretrained weights to start from (a name or a file; their state: train(pretrained=))
     num_classes: int | None = None  # a new head of this many classes, freshly initialised (--num-classes)
+    workers: int = 1  # data-parallel workers on the backend's own engine; batch_size is the global batch
+    sync_bn: bool = False  # BN over the global batch (else each worker's slice); see training/parallel.py
+    check_replicas: bool = False  # measure after every first-epoch step that every worker holds the same weights
 
 
 class TrainingDiverged(UserError, ArithmeticError):
@@ -89,6 +93,7 @@ def check_config(config: TrainConfig) -> None:
     for name in ("backend", "dataset", "device", "precision"):
         if not isinstance(getattr(config, name), str):
             raise UserError(f"{name} must be a string, got {getattr(config, name)!r}")
+    parallel.check_workers(config.workers, config.batch_size, config.sync_bn)
 
 
 def check_memory(config: TrainConfig, spec: ResNetSpec) -> None:
@@ -233,25 +238,44 @@ def train(config: TrainConfig, progress: Progress | None = None,
         base = resolve(config.model)
         check_state(base, pretrained, source=str(config.weights or "pretrained"))
         start = with_new_head(pretrained, spec, config.seed) if config.num_classes is not None else dict(pretrained)
-    model = face.build(spec, device=config.device, seed=config.seed, state=start)
+    # Data parallel (training/parallel.py): the backend's own engine; one process per worker where it needs them.
+    engine = (face.data_parallel(config.workers, sync_bn=config.sync_bn, device=config.device)
+              if config.workers > 1 else None)
+    steps: list[dict[str, Any]] = (list(meta["steps"]) if config.resume and isinstance(meta.get("steps"), list)
+                                   else [])
+    about = {"engine": engine.name if engine is not None else f"{backend} on one device", "steps": steps}
+    if engine is not None and engine.launcher:  # every worker process runs this same call as one worker
+        if start_epoch == config.epochs:
+            progress.note(f"{ckpt_path} already holds all {start_epoch} epochs: nothing to train")
+            return _report(config, spec.name, backend, history, engine.device, out, about)
+        engine.launch(worker_main, (config, progress.enabled, pretrained))
+        return json.loads(metrics_path.read_text())  # worker 0's report
+    lead = engine is None or engine.rank == 0  # the one worker that writes files and shows progress
+    progress = progress if lead else Progress(enabled=False)
+    model = (engine or face).build(spec, device=config.device, seed=config.seed, state=start)
+    device = face.device_of(model) if engine is None else engine.device
     if start_epoch == config.epochs:
         progress.note(f"{ckpt_path} already holds all {start_epoch} epochs: nothing to train")
-        return _report(config, spec.name, backend, history, face.device_of(model), out)
+        return _report(config, spec.name, backend, history, device, out, about)
 
-    created = make_run_folder(out)
+    created = make_run_folder(out) if lead else []
     try:
         data = datasets.load(config.dataset, config.resize, config.data_dir, show_progress=progress.enabled)
-        step = face.make_train_step(model, lr=config.lr, momentum=config.momentum, precision=config.precision)
+        step = (engine or face).make_train_step(model, lr=config.lr, momentum=config.momentum,
+                                                precision=config.precision)
         if config.resume:
             face.from_canonical(model, weights)
             face.load_optimizer_state(step, optimizer)
         for epoch in range(start_epoch, config.epochs):
-            row = _epoch(face, model, step, data, config, spec.in_channels, epoch, progress)
+            row = _epoch(face, model, step, data, config, spec.in_channels, epoch, progress, engine, steps)
             history.append(row)
-            meta = {"epoch": epoch + 1, "history": history, "config": asdict(config), "spec": spec.to_dict()}
+            if not lead:
+                continue
+            meta = {"epoch": epoch + 1, "history": history, "config": asdict(config), "spec": spec.to_dict(),
+                    "steps": steps}
             save_checkpoint(ckpt_path, face.to_canonical(model), face.optimizer_state(step), meta)
             created = []  # the run has a checkpoint now: its folder stays whatever happens next
-            report = _report(config, spec.name, backend, history, face.device_of(model), out)
+            report = _report(config, spec.name, backend, history, device, out, about)
             atomic_write(metrics_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
             _plot(history, out / "curves.png", f"{spec.name} on {backend}, {data.name}")
             progress.epoch(row, config.epochs)
@@ -260,25 +284,50 @@ def train(config: TrainConfig, progress: Progress | None = None,
     except BaseException:  # not handled here: only the empty folders this call made are taken back
         remove_created(created)
         raise
-    return _report(config, spec.name, backend, history, face.device_of(model), out)
+    finally:
+        if engine is not None:
+            engine.close()
+    return _report(config, spec.name, backend, history, device, out, about)
+
+
+def worker_main(config: TrainConfig, show_progress: bool, pretrained: dict[str, np.ndarray] | None) -> None:
+    """What each launched worker process runs (engine.launch): this same training, as one worker of the run."""
+    import threading
+
+    # tqdm's default lock is a multiprocessing one: a worker killed while holding it would leave a semaphore
+    # behind (and a warning at exit). Only worker 0 draws bars, so a thread lock is all it needs.
+    tqdm.set_lock(threading.RLock())
+    train(config, Progress(enabled=show_progress), pretrained=pretrained)
 
 
 def _epoch(face, model, step, data: datasets.Dataset, config: TrainConfig, channels: int, epoch: int,
-           progress: Progress) -> dict[str, Any]:
+           progress: Progress, engine=None, steps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     losses, seen = [], 0
     n = len(data.train_y)
     total = (n + config.batch_size - 1) // config.batch_size
     with progress.bar(epoch + 1, config.epochs, total) as tick:
         for i, idx in enumerate(datasets.batches(n, config.batch_size, config.seed, epoch)):
-            loss = float(step(_images(data.train_x[idx], channels), data.train_y[idx]))
+            part = idx
+            if engine is not None:  # the global batch; this process's workers' slices of it (training/parallel.py)
+                idx = parallel.usable(idx, config.workers)
+                if not len(idx):
+                    continue
+                part = parallel.process_share(idx, config.workers, engine.processes, engine.rank)
+            loss = float(step(_images(data.train_x[part], channels), data.train_y[part]))  # the global batch's
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"training diverged: the loss is {loss} at epoch {epoch + 1}, step {i + 1} "
                                        f"(lr {config.lr}, momentum {config.momentum}); try a lower lr")
             losses.append(loss)
             seen += len(idx)
+            if epoch == 0 and steps is not None:  # the first epoch's trajectory, step by step (metrics.json)
+                steps.append({"step": i + 1, "loss": loss})
+                if config.check_replicas and engine is not None:
+                    steps[-1]["weights_spread"] = engine.replica_spread(step)
             tick(float(np.mean(losses[-20:])), seen / (time.perf_counter() - start))
     train_seconds = time.perf_counter() - start
+    if engine is not None:
+        engine.gather(step)  # the model object holds the trained state (functional engines copy theirs back)
     val_loss, val_acc = evaluate(face, model, data.val_x, data.val_y, channels)
     if not math.isfinite(val_loss):
         raise TrainingDiverged(f"training diverged: the validation loss is {val_loss} after epoch {epoch + 1} "
@@ -298,9 +347,18 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _report(config, name, backend, history, device, out: Path) -> dict[str, Any]:
+def _report(config, name, backend, history, device, out: Path, about: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+    about = about or {}
+    # The global throughput over every epoch: all workers' images per second of training.
+    rates = [r["images_per_s"] for r in history
+             if isinstance(r.get("images_per_s"), (int, float)) and math.isfinite(r["images_per_s"])
+             and r["images_per_s"] > 0]
+    throughput = len(rates) / sum(1.0 / r for r in rates) if rates else None
     return _finite({"name": name, "backend": backend, "device": device, "config": asdict(config),
-                    "epochs": history, "final": history[-1] if history else None, "out": str(out),
+                    "workers": config.workers, "engine": about.get("engine"), "images_per_s": throughput,
+                    "epochs": history, "final": history[-1] if history else None, "steps": about.get("steps", []),
+                    "out": str(out),
                     "checkpoint": str(out / "checkpoint.safetensors"), "metrics": str(out / "metrics.json"),
                     "plot": str(out / "curves.png")})
 

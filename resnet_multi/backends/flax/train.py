@@ -38,7 +38,9 @@ name>', backends.common) and the canonical layout.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 from typing import Mapping
 
 import jax
@@ -46,8 +48,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from resnet_multi.backends import common
+from resnet_multi.errors import DeviceUnavailable, PrecisionUnavailable
 from resnet_multi.weights.canonical import WeightsError
 from resnet_multi.weights.layouts import from_channels_last, to_channels_last
 
@@ -211,3 +216,131 @@ def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> No
     for name, var in traces.items():
         var.set_value(jax.device_put(new[name], var.get_value().sharding))
     step.has_buffers = bool(state) and step.momentum != 0
+
+
+# -- data parallel: the global batch sharded over a mesh of devices ------------------------------------------------
+
+
+def local_step(graphdef):
+    """One worker's step under jax.shard_map (no --sync-bn): BN over the worker's slice, the gradients and the
+    running statistics averaged over the workers (jax.lax.pmean), the loss of the global batch."""
+
+    def run(state, x, labels):
+        model, optimizer, _ = nnx.merge(graphdef, state)
+        loss, grads = nnx.value_and_grad(cross_entropy, graph=False)(model, x, labels)
+        optimizer.update(model, jax.lax.pmean(grads, "data"))
+        nnx.update(model, jax.lax.pmean(nnx.state(model, nnx.BatchStat, graph=False), "data"))
+        return nnx.state((model, optimizer, None), graph=False), jax.lax.pmean(loss, "data")
+
+    return run
+
+
+def cpu_devices_first(workers: int) -> None:
+    """Ask XLA for `workers` host devices, which works only before JAX starts (nothing to do after)."""
+    if jax.config.jax_num_cpu_devices < workers and "xla_force_host_platform_device_count" not in \
+            os.environ.get("XLA_FLAGS", ""):
+        with contextlib.suppress(RuntimeError):  # JAX has started: its devices are what they are
+            jax.config.update("jax_num_cpu_devices", workers)
+
+
+class DataParallel:
+    """The global batch sharded over a jax.sharding.Mesh of ``workers`` devices (axis 'data'), one process.
+
+    --sync-bn: the single-device step itself under jax.jit with the batch sharded and the state replicated
+    (XLA's SPMD partitioner adds the all-reduces): BN's mean over the batch is the global batch's. Without it:
+    the step under jax.shard_map, BN over each worker's slice, gradients and running statistics averaged
+    with jax.lax.pmean. On CPU the devices are XLA's host devices (jax_num_cpu_devices, set here before JAX
+    starts); on GPUs one per worker.
+    """
+
+    launcher = False  # one process drives every device
+    processes, rank = 1, 0
+
+    def __init__(self, workers: int, sync_bn: bool = False, device: str = "auto"):
+        self.workers, self.sync_bn = int(workers), bool(sync_bn)
+        cpu_devices_first(self.workers)
+        try:
+            gpus = jax.devices("gpu")
+        except RuntimeError:
+            gpus = []
+        kind = common.parallel_device_kind(device, len(gpus), f"JAX {jax.__version__}")
+        found = gpus if kind == "gpu" else jax.devices("cpu")
+        if len(found) < self.workers:
+            hint = (f"; JAX had started before it could be asked for more: start with XLA_FLAGS="
+                    f"--xla_force_host_platform_device_count={self.workers}" if kind == "cpu" else "")
+            raise DeviceUnavailable(f"{self.workers} workers need {self.workers} {kind} devices; JAX sees "
+                                    f"{len(found)}{hint}")
+        self.devices = found[:self.workers]
+        self.mesh = Mesh(np.array(self.devices), ("data",))
+        self.device = ",".join(f"{d.platform}:{d.id}" for d in self.devices)
+        self.name = (f"jax.jit over a {self.workers}-device Mesh, batch sharded"
+                     + (" (BN over the global batch)" if self.sync_bn else
+                        " (jax.shard_map: BN over each worker's slice, pmean)"))
+
+    def build(self, spec, device: str = "auto", seed: int = 0, state=None):
+        from .model import build
+
+        return build(spec, device=f"{self.devices[0].platform}:{self.devices[0].id}", seed=seed, state=state)
+
+    def make_train_step(self, model, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
+                        precision: str = "fp32") -> "DistributedStep":
+        return DistributedStep(model, self, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               precision=precision)
+
+    def gather(self, step: "DistributedStep") -> None:
+        step.gather()
+
+    def replica_spread(self, step: "DistributedStep") -> float:
+        """The largest difference between two devices' copies of any replicated value (weights, statistics,
+        momentum)."""
+        worst = 0.0
+        for leaf in jax.tree.leaves(step.state) if step.state is not None else ():
+            copies = [np.asarray(s.data, np.float64) for s in leaf.addressable_shards]
+            worst = max([worst, *(float(np.abs(c - copies[0]).max(initial=0.0)) for c in copies)])
+        return worst
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class DistributedStep(TrainStep):
+    """TrainStep over the engine's mesh: step(global batch x, labels) -> the global batch's mean loss.
+
+    Between gather() calls the model, the optimizer (and the loss scale) live as one replicated state
+    (nnx.split, Flax's hot-loop pattern); gather() writes it back into the model and the optimizer.
+    """
+
+    def __init__(self, model, engine: DataParallel, **kwargs):
+        super().__init__(model, **kwargs)
+        if self.precision == "fp16" and not engine.sync_bn:
+            raise PrecisionUnavailable("flax: fp16 with several workers needs --sync-bn "
+                                              "(use bf16 or fp32 without it)")
+        self.engine, self.state, self.home = engine, None, model_device(model)
+        self.graphdef, _ = nnx.split((self.view, self.optimizer, self.scaler), graph=False)
+        self.replicated = NamedSharding(engine.mesh, P())
+        self.sharded = NamedSharding(engine.mesh, P("data"))
+        if engine.sync_bn:
+            program = pure_step(self.graphdef)
+            self.program = jax.jit(program, in_shardings=(self.replicated, self.sharded, self.sharded),
+                                   out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+        else:
+            program = jax.shard_map(local_step(self.graphdef), mesh=engine.mesh, in_specs=(P(), P("data"), P("data")),
+                                    out_specs=(P(), P()), check_vma=False)  # the pmeans are written out
+            self.program = jax.jit(program, donate_argnums=0)
+
+    def __call__(self, x, labels) -> float:
+        if self.state is None:
+            _, state = nnx.split((self.view, self.optimizer, self.scaler), graph=False)
+            # Copies, never aliases: the state is donated to each step, the model's own arrays must stay.
+            self.state = jax.device_put(state, self.replicated, may_alias=False)
+        x = np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1))
+        xs, ys = jax.device_put(x, self.sharded), jax.device_put(np.asarray(labels, np.int32), self.sharded)
+        self.state, loss = self.program(self.state, xs, ys)
+        self.has_buffers = True
+        return float(loss)
+
+    def gather(self) -> None:
+        """The model and the optimizer hold the trained state again (on the model's device)."""
+        if self.state is not None:
+            nnx.update((self.view, self.optimizer, self.scaler), jax.device_put(self.state, self.home))
+            self.state = None

@@ -130,3 +130,16 @@ def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> No
             buffer = np.asarray(state[MOMENTUM_PREFIX + name], dtype=np.float32)
             step.updater.states[index] = nd.array(buffer, ctx=step.ctx, dtype="float32")
             step.updater.states_synced[index] = True
+
+
+# -- data parallel ------------------------------------------------------------------------------------------------
+
+
+class DataParallel:
+    """Not wired in yet: MXNet's engine would be gluon.Trainer with a kvstore ('device' over cpu(i)/gpu(i)
+    contexts, 'dist_sync' across processes) and SyncBatchNorm (docs/distributed.md). A one-line error until then.
+    """
+
+    def __init__(self, workers: int, sync_bn: bool = False, device: str = "auto"):
+        raise UserError(f"mxnet: data-parallel training (workers {workers}) is not available yet; "
+                        f"train with --workers 1, or use the torch, flax or tensorflow backend")

@@ -105,8 +105,11 @@ class BatchNorm(layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         # Statistics in float32 whatever the compute dtype, as Keras's own BN does under mixed precision.
         inputs = ops.cast(inputs, "float32")
-        mean, variance = ops.moments(inputs, axes=[0, 1, 2])  # NHWC: every axis but the channels
+        # NHWC: every axis but the channels; synchronized (data parallel, --sync-bn): over every replica's batch
+        mean, variance = ops.moments(inputs, axes=[0, 1, 2], synchronized=self.synchronized)
         count = ops.cast(ops.size(inputs) // inputs.shape[self.axis], inputs.dtype)
+        if self.synchronized and tf.distribute.has_strategy():  # the replicas' slices are the same size
+            count = count * tf.distribute.get_strategy().num_replicas_in_sync
         unbiased = variance * count / ops.maximum(count - 1.0, 1.0)  # n = 1 would divide by zero
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(self.moving_variance * self.momentum + unbiased * (1.0 - self.momentum))

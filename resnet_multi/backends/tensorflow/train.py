@@ -200,3 +200,104 @@ def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> No
         else:
             buffer.assign(np.zeros(buffer.shape, dtype=np.float32))
     step.has_buffers = bool(state)
+
+
+# -- data parallel: tf.distribute.MirroredStrategy ---------------------------------------------------------------
+
+
+class DataParallel:
+    """tf.distribute.MirroredStrategy over ``workers`` local devices (GPUs, or logical CPUs), one process.
+
+    The model and the optimizer are built under the strategy's scope (mirrored variables); each step runs
+    strategy.run on every replica's slice, Keras scales each replica's mean loss by 1 / replicas and the
+    optimizer all-reduces (sums) the gradients, so every replica applies the global batch's gradient.
+    --sync-bn: Keras BatchNormalization(synchronized=True), statistics all-reduced over the replicas.
+    On CPU the devices are logical CPUs (tf.config.set_logical_device_configuration, before TF starts).
+    """
+
+    launcher = False  # one process drives every device
+    processes, rank = 1, 0
+
+    def __init__(self, workers: int, sync_bn: bool = False, device: str = "auto"):
+        from resnet_multi.backends.common import parallel_device_kind
+        from resnet_multi.errors import DeviceUnavailable
+
+        self.workers, self.sync_bn = int(workers), bool(sync_bn)
+        gpus = tf.config.list_physical_devices("GPU")
+        kind = parallel_device_kind(device, len(gpus), f"TensorFlow {tf.__version__}")
+        if kind == "cpu":
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            try:
+                tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()]
+                                                           * self.workers)
+            except RuntimeError:  # TensorFlow has started: its logical devices are what they are
+                pass
+        found = [d.name for d in tf.config.list_logical_devices("GPU" if kind == "gpu" else "CPU")]
+        if len(found) < self.workers:
+            raise DeviceUnavailable(f"{self.workers} workers need {self.workers} {kind} devices; TensorFlow sees "
+                                    f"{len(found)} (logical CPUs must be set before TensorFlow starts)")
+        self.devices = found[:self.workers]
+        self.device = ",".join(self.devices)
+        self.strategy = tf.distribute.MirroredStrategy(devices=self.devices)
+        self.name = (f"tf.distribute.MirroredStrategy over {self.workers} devices"
+                     + (" (Keras BatchNormalization synchronized=True)" if self.sync_bn else ""))
+
+    def build(self, spec, device: str = "auto", seed: int = 0, state=None) -> keras.Model:
+        from .model import build
+
+        with self.strategy.scope():
+            model = build(spec, device=self.devices[0], seed=seed, state=state)
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = self.sync_bn  # read at every call: statistics over all replicas
+        return model
+
+    def make_train_step(self, model, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
+                        precision: str = "fp32") -> "DistributedStep":
+        with self.strategy.scope():
+            return DistributedStep(model, self, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                   precision=precision)
+
+    def gather(self, step) -> None:
+        """Nothing to do: the model's variables are the mirrored ones (reads give the first replica's)."""
+
+    def replica_spread(self, step: "DistributedStep") -> float:
+        """The largest difference between two replicas' copies of any trainable variable."""
+        worst = 0.0
+        for variable in step.variables:
+            copies = [np.asarray(v.numpy(), np.float64) for v in step.engine.strategy.experimental_local_results(
+                getattr(variable, "value", variable))]
+            worst = max([worst, *(float(np.abs(c - copies[0]).max(initial=0.0)) for c in copies)])
+        return worst
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class DistributedStep(TrainStep):
+    """TrainStep under the engine's MirroredStrategy: step(global batch x, labels) -> its mean loss."""
+
+    def __init__(self, model: keras.Model, engine: DataParallel, **kwargs):
+        self.engine = engine
+        super().__init__(model, **kwargs)
+        self.device = engine.devices[0]
+        self._distributed = tf.function(self.replicated)
+
+    def replicated(self, x, labels):
+        per_replica = self.engine.strategy.run(self._graph, args=(x, labels))  # each: its mean loss / replicas
+        return self.engine.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def __call__(self, x, labels) -> float:
+        x = np.ascontiguousarray(np.asarray(x, dtype=np.float32).transpose(0, 2, 3, 1))  # NCHW -> NHWC
+        labels = np.asarray(labels, dtype=np.int64)
+        share = len(labels) // self.engine.workers
+
+        def part(context):  # replica k: the k-th contiguous slice of the global batch
+            k = context.replica_id_in_sync_group
+            return tf.constant(x[k * share:(k + 1) * share]), tf.constant(labels[k * share:(k + 1) * share])
+
+        values = self.engine.strategy.experimental_distribute_values_from_function(part)
+        with layer_policy(self.model, self.policy):
+            loss = self._distributed(*values)
+        self.has_buffers = self.momentum != 0
+        return float(loss)
