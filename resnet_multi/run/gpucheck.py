@@ -3,7 +3,8 @@
 On a machine whose Python already has some of the frameworks, it builds
 every backend it can import on the GPU, checks the measured layer table
 against the analytic one, checks fp32 parity against the NumPy reference
-(TF32 off), and times inference and, where the backend has a training step,
+(TF32 off; also a ResNet-50 backbone's four stage maps and the book's TensorFlow tab with its
+'same' padding at an odd size), and times inference and, where the backend has a training step,
 a ResNet-50 training step, in fp32 and bf16 with the backend's bench. Backends whose framework is missing are listed
 as skipped. ``--device cpu`` rehearses the same script on a CPU machine.
 Exit status: 0 when every importable backend passed, 1 otherwise.
@@ -22,6 +23,7 @@ import numpy as np
 from resnet_multi import faces
 from resnet_multi.arch.presets import get
 from resnet_multi.arch.shapes import layer_table
+from resnet_multi.arch.spec import with_head
 from resnet_multi.errors import UserError
 from resnet_multi.numerics.parity import parity_report
 from resnet_multi.run.measure import first_difference, measured_table
@@ -41,8 +43,15 @@ def check_backend(backend: str, device: str, batch: int, size: int, repeats: int
     result["table_matches_spec"] = first_difference(layer_table(spec, shape), measured) or "yes"
     result["layers"] = [r.to_dict() for r in measured.layers]
 
+    keys = ("max_abs_diff", "tolerance", "ok", "first_divergent_layer")
     parity = parity_report("resnet50", backend, (3, 64, 64), seed=0, mode="eval", batch=2, device=device)
-    result["parity"] = {k: parity[k] for k in ("max_abs_diff", "tolerance", "ok", "first_divergent_layer")}
+    result["parity"] = {k: parity[k] for k in keys}
+    # A backbone (every stage's map) and TensorFlow's 'same' padding at an odd size, on the device too.
+    backbone = parity_report(with_head(spec, features=(1, 2, 3, 4)), backend, (3, 64, 64), seed=0, mode="eval",
+                             batch=2, device=device)
+    result["backbone_parity"] = {k: backbone[k] for k in keys}
+    same = parity_report("d2l_resnet18_tf", backend, (1, 33, 33), seed=0, mode="eval", batch=2, device=device)
+    result["same_padding_parity"] = {k: same[k] for k in keys}
 
     model = face.build(spec, device=device)
     x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
@@ -55,7 +64,7 @@ def check_backend(backend: str, device: str, batch: int, size: int, repeats: int
             except Exception as exc:  # one precision unsupported: say so, keep going
                 timing = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
             result["timings"][key] = timing
-    result["ok"] = result["table_matches_spec"] == "yes" and parity["ok"]
+    result["ok"] = result["table_matches_spec"] == "yes" and parity["ok"] and backbone["ok"] and same["ok"]
     return result
 
 
@@ -110,6 +119,11 @@ def _print(res: dict[str, Any]) -> None:
     p = res["parity"]
     print(f"   fp32 parity vs NumPy (resnet50, 2x3x64x64): max |diff| {p['max_abs_diff']:.3g} "
           f"(tolerance {p['tolerance']:.3g}) {'ok' if p['ok'] else 'FAIL at ' + str(p['first_divergent_layer'])}")
+    for key, what in (("backbone_parity", "resnet50 backbone, 4 stage maps, 2x3x64x64"),
+                      ("same_padding_parity", "d2l_resnet18_tf, 'same' padding, 2x1x33x33")):
+        q = res[key]
+        print(f"   fp32 parity vs NumPy ({what}): max |diff| {q['max_abs_diff']:.3g} (tolerance "
+              f"{q['tolerance']:.3g}) {'ok' if q['ok'] else 'FAIL at ' + str(q['first_divergent_layer'])}")
     for key, timing in res["timings"].items():
         mode, precision = key.split("_")
         if "error" in timing:
