@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from resnet_multi import faces
-from resnet_multi.arch.spec import ResNetSpec
+from resnet_multi.arch.spec import ResNetSpec, spec_from_dict
 from resnet_multi.errors import UserError
 from resnet_multi.files import atomic_write
 from resnet_multi.training.parallel import bn_batch
@@ -98,6 +98,15 @@ def saved_bn_batch(saved: dict[str, Any]) -> int | None:
     return bn_batch(batch, workers, sync_bn)
 
 
+def same_spec(saved: Any, spec: ResNetSpec) -> bool:
+    """Whether a checkpoint's spec dict is ``spec``: read back as a spec, so a field added since it was
+    written (at its default) is no change."""
+    try:
+        return spec_from_dict(saved) == spec
+    except UserError:  # a spec this version cannot read: a change
+        return False
+
+
 def check_resumable(path: Path, meta: dict[str, Any], config: Any, spec: ResNetSpec, backend: str) -> None:
     """Every setting that changes the numbers must be the checkpoint's: one line naming each that is not.
 
@@ -106,7 +115,7 @@ def check_resumable(path: Path, meta: dict[str, Any], config: Any, spec: ResNetS
     saved = meta["config"]
     now = {**asdict(config), "backend": backend}
     changed = []
-    if meta["spec"] != json.loads(json.dumps(spec.to_dict())):
+    if not same_spec(meta["spec"], spec):
         changed.append(f"model {meta['spec'].get('name')!r} (now {spec.name!r}"
                        f"{', another spec of that name' if meta['spec'].get('name') == spec.name else ''})")
     for key in RESUME_MUST_MATCH:

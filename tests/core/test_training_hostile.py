@@ -227,3 +227,16 @@ def test_quiet_progress_prints_nothing(monkeypatch):
     progress.epoch(ROW, 1)
     progress.note("nothing to train")
     assert err.getvalue() == ""
+
+
+def test_a_checkpoint_written_before_a_spec_field_existed_still_resumes():
+    """A checkpoint's spec dict from an older version lacks the fields added since (at their defaults):
+    that is the same spec, while a changed value is not."""
+    from resnet_multi.arch import presets
+    from resnet_multi.training.checkpoints import same_spec
+
+    spec = presets.get("resnet20")
+    saved = {k: v for k, v in spec.to_dict().items() if k not in ("features", "same_padding")}
+    assert same_spec(saved, spec) and same_spec(spec.to_dict(), spec)
+    assert not same_spec({**saved, "num_classes": 3}, spec)
+    assert not same_spec({"name": "resnet20", "stages": "nonsense"}, spec)
