@@ -91,7 +91,8 @@ def gluon_zoo_names(spec: ResNetSpec) -> dict[str, str]:
     top["fc"] = "output"
     body = _GLUON_V2_BODY if v2 else _GLUON_V1_BODY
     names = {}
-    for name in list(plan(spec).param_shapes()) + list(plan(spec).buffer_shapes()):
+    p = plan(spec)
+    for name in list(p.param_shapes()) + list(p.buffer_shapes()):
         module, leaf = name.rsplit(".", 1)
         match = _BLOCK_RE.match(module)
         if match:
@@ -125,12 +126,20 @@ def from_gluon_zoo(spec: ResNetSpec, params: Mapping[str, np.ndarray]) -> dict[s
         if beta in params and np.any(np.asarray(params[beta]) != 0):
             raise UserError(f"{beta} is not zero: this checkpoint's data BN has a shift that "
                             f"{spec.name}'s affine-free input_bn cannot hold")
+    frozen = {f"{names['input_bn.running_mean'].rsplit('.', 1)[0]}.{k}"
+              for k in ("gamma", "beta") if "input_bn.running_mean" in names}
+    return _renamed(spec, params, names, "Gluon model-zoo", ignored=frozen)
+
+
+def _renamed(spec: ResNetSpec, params: Mapping[str, np.ndarray], names: Mapping[str, str], source: str,
+             ignored: set[str] = frozenset()) -> dict[str, np.ndarray]:
+    """The canonical state of ``params`` through ``names`` (canonical -> the source's), all or nothing:
+    every missing and every extra parameter (``ignored`` aside) is listed at once."""
     missing = [g for g in names.values() if g not in params]
     if missing:
-        raise UserError(f"not a Gluon model-zoo {spec.name} checkpoint: missing {len(missing)} parameters "
+        raise UserError(f"not a {source} {spec.name} checkpoint: missing {len(missing)} parameters "
                         f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})")
-    used = set(names.values()) | {f"{names['input_bn.running_mean'].rsplit('.', 1)[0]}.{k}"
-                                  for k in ("gamma", "beta") if "input_bn.running_mean" in names}
+    used = set(names.values()) | set(ignored)
     extra = [k for k in params if k not in used]
     if extra:
         raise UserError(f"the checkpoint has {len(extra)} parameters {spec.name} does not: "
@@ -162,7 +171,8 @@ def gluoncv_v1b_names(spec: ResNetSpec) -> dict[str, str]:
     stored as ``gamma`` and ``beta``. A spec with a part ResNetV1b has not (v2's data BN, pre-activation BNs)
     is refused."""
     names = {}
-    for name in list(plan(spec).param_shapes()) + list(plan(spec).buffer_shapes()):
+    p = plan(spec)
+    for name in list(p.param_shapes()) + list(p.buffer_shapes()):
         module, leaf = name.rsplit(".", 1)
         match = _BLOCK_RE.match(module)
         if not (module in _V1B_TOP or (match and match.group(3) in _V1B_PARTS)):
@@ -174,17 +184,7 @@ def gluoncv_v1b_names(spec: ResNetSpec) -> dict[str, str]:
 
 def from_gluoncv_v1b(spec: ResNetSpec, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """GluonCV ResNetV1b parameters -> canonical state; every missing and every extra name is listed at once."""
-    names = gluoncv_v1b_names(spec)
-    missing = [g for g in names.values() if g not in params]
-    if missing:
-        raise UserError(f"not a GluonCV ResNetV1b {spec.name} checkpoint: missing {len(missing)} parameters "
-                        f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})")
-    used = set(names.values())
-    extra = [k for k in params if k not in used]
-    if extra:
-        raise UserError(f"the checkpoint has {len(extra)} parameters {spec.name} does not: "
-                        f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
-    return {c: np.asarray(params[g], dtype=np.float32) for c, g in names.items()}
+    return _renamed(spec, params, gluoncv_v1b_names(spec), "GluonCV ResNetV1b")
 
 
 def to_gluoncv_v1b(spec: ResNetSpec, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
