@@ -29,7 +29,7 @@ __version__ = "0.2.0"
 __all__ = [
     "BackendFace", "BackendUnavailable", "BatchNorm", "DeviceUnavailable", "PrecisionUnavailable", "ResNetSpec",
     "SpecError", "Stage", "Stem", "UserError", "backend", "backend_names", "backend_of", "build", "feature_info",
-    "get_spec",
+    "for_inference", "get_spec",
     "layer_table", "list_presets", "load_spec", "load_weights", "plan", "register", "register_weights", "resolve", "save_spec",
     "save_weights", "weights_info", "with_head",
 ]
@@ -122,3 +122,9 @@ def load_weights(model, path) -> None:
     from resnet_multi.weights.canonical import load_state
 
     faces.backend(backend_of(model)).from_canonical(model, load_state(path, model.spec))
+
+
+def for_inference(model, compile: bool = True):
+    """The fast inference form of any backend's model, in the same framework: BNs folded into the
+    convs, the framework's fastest layout and compilation; the same eval-mode output."""
+    return faces.backend(backend_of(model)).for_inference(model, compile=compile)

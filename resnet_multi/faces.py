@@ -13,6 +13,7 @@ with the same files (docs/backends.md):
     weights.py  canonical state <-> the live model's variables
     files.py    the framework's own weight files
     train.py    TrainStep (one SGD step) and its optimizer state
+    infer.py    the inference fast path: the folded model, compiled the framework's fastest way
     bench.py    timed inference and training, and the framework's own ResNet-50
 """
 
@@ -40,7 +41,7 @@ BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
     "mxnet": (("mxnet",), "mxnet"),
 }
 ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "jax": "flax", "gluon": "mxnet"}
-PARTS = ("model", "weights", "files", "train", "bench")
+PARTS = ("model", "weights", "files", "train", "infer", "bench")
 
 
 def names() -> list[str]:
@@ -122,6 +123,23 @@ class BackendFace:
     def version(self) -> str:
         return self.module("model").framework_version()
 
+    def for_inference(self, model, compile: bool = True):
+        """A model of this framework computing ``model``'s eval-mode output, faster: every BN that
+        follows a conv folded into it (resnet_multi.weights.fold), in the framework's fastest layout
+        and compilation for inference (infer.py). compile=False: no compiler step that costs more
+        than a call or two gains (torch.compile, one whole-model jit, oneDNN partitioning), for
+        one-off use such as ``predict``. Inference only; the plain model is left as it was."""
+        return self.build_for_inference(model.spec, self.device_of(model), self.to_canonical(model), compile)
+
+    def build_for_inference(self, spec: ResNetSpec, device: str = "auto", state: Mapping[str, Any] | None = None,
+                            compile: bool = True, seed: int = 0):
+        """``for_inference(build(spec, device, seed, state))`` without building the plain model first."""
+        from resnet_multi.weights.canonical import init_weights
+        from resnet_multi.weights.fold import fold_state
+
+        folded, folded_state = fold_state(spec, init_weights(spec, seed) if state is None else state)
+        return self.module("infer").fast(self.build(folded, device=device, state=folded_state), compile=compile)
+
     # -- weights: canonical state <-> the live model, and the framework's own files -----
 
     def to_canonical(self, model) -> dict:
@@ -185,6 +203,11 @@ class BackendFace:
         """Time inference ('infer') or SGD steps ('train') with the framework's best practice."""
         return self.module("bench").benchmark(model, x, mode=mode, precision=precision, repeats=repeats,
                                               warmup=warmup, compile=compile)
+
+    def conv_throughput(self, shape: tuple[int, int, int, int] = (8, 256, 28, 28), repeats: int = 10,
+                        device: str = "cpu") -> dict:
+        """GFLOP/s of one 3x3 conv (N, C, H, W) -> C channels in this framework: the machine's practical ceiling."""
+        return self.module("bench").conv_throughput(shape, repeats=repeats, device=device)
 
     @property
     def native(self) -> str:

@@ -108,8 +108,9 @@ class StemPlan:
     name: str  # the layer-table row: "stem"
     input_bn: Norm | None  # affine-free BN on the raw input (Gluon v2)
     conv: Conv
-    bn: Norm | None  # followed by ReLU when present
+    bn: Norm | None
     pool: Pool | None
+    relu: bool = True  # after conv1 [bn1]: a stem with a norm has one (a folded stem keeps it, without bn1)
 
 
 @dataclass(frozen=True)
@@ -228,12 +229,17 @@ def _block(spec: ResNetSpec, name: str, in_ch: int, stage_index: int, stride: in
     # Pre-activation blocks have no BN after their last conv.
     norm_convs = convs[:-1] if spec.preactivation else convs
     norms = tuple(Norm(f"{name}.bn{i + 1}", c.out_channels) for i, c in enumerate(norm_convs))
+    if spec.folded_bn:  # each bnK is in convK's weight and bias now
+        convs = tuple(replace(c, bias=True) if i < len(norms) else c for i, c in enumerate(convs))
+        norms = ()
     preact_bn = Norm(f"{name}.preact_bn", in_ch) if spec.preactivation else None
 
     if in_ch != out or (stride != 1 and spec.strided_identity == "projection"):
         shortcut = spec.shortcut
         ds_conv = Conv(f"{name}.downsample.0", in_ch, out, 1, stride, 0, 1, "shortcut" in bias)
         ds_bn = Norm(f"{name}.downsample.1", out) if shortcut == "conv_bn" else None
+        if spec.folded_bn and ds_bn is not None:
+            shortcut, ds_conv, ds_bn = "conv", replace(ds_conv, bias=True), None
     else:
         shortcut = "subsample" if stride != 1 else "identity"
         ds_conv = ds_bn = None
@@ -247,12 +253,15 @@ def plan(spec: ResNetSpec) -> Plan:
     st = spec.stem
     conv = Conv("conv1", spec.in_channels, st.channels, st.kernel, st.stride, st.kernel // 2, 1, "stem" in spec.conv_bias,
                 same="stem_conv" in spec.same_padding)
+    if spec.folded_bn and st.norm:
+        conv = replace(conv, bias=True)  # bn1 folded in
     stem = StemPlan(
         "stem",
         Norm("input_bn", spec.in_channels, affine=False) if st.input_norm else None,
         conv,
-        Norm("bn1", st.channels) if st.norm else None,
+        Norm("bn1", st.channels) if st.norm and not spec.folded_bn else None,
         Pool("maxpool", 3, 2, 1, st.pool_padding, same="stem_pool" in spec.same_padding) if st.pool else None,
+        relu=st.norm,
     )
     stages = []
     in_ch = st.channels

@@ -191,6 +191,10 @@ class ResNetSpec:
     # Non-empty: a feature extractor returning these rows' outputs, in order (0 = the stem's
     # output, i = stage i's), with no head (num_classes 0) and no stage after the last one.
     features: tuple[int, ...] = ()
+    # The inference form (for_inference): every BN that directly follows a conv is folded into
+    # that conv's weight and bias, so the net has no such BN. BNs a ReLU or padding separates
+    # from the next conv (pre-activation preact_bn and post_bn, the stem's input_bn) stay.
+    folded_bn: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -230,6 +234,9 @@ class ResNetSpec:
         _check_choice("shortcut", self.shortcut, SHORTCUTS)
         _check_choice("strided_identity", self.strided_identity, STRIDED_IDENTITIES)
         _check_bool("zero_init_last_bn", self.zero_init_last_bn)
+        _check_bool("folded_bn", self.folded_bn)
+        if self.zero_init_last_bn and self.folded_bn:
+            _fail("zero_init_last_bn", "a folded net has no BN after its convs to zero; must be false")
         if self.zero_init_last_bn and self.preactivation:
             _fail("zero_init_last_bn", "a pre-activation block ends in a conv, not a BN; must be false")
         _check_choice("init", self.init, INITS)

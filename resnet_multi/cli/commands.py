@@ -172,12 +172,14 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     check_model_fits(spec, shape, args.batch_size, train=args.mode == "train", allow_large=args.allow_large)
     _register_weights_file(args)
     face = faces.backend(args.backend)
-    model = face.build(spec, device=args.device, state=_pretrained(spec, args))
+    fast = args.mode == "infer" and not args.plain
+    build = face.build_for_inference if fast else face.build
+    model = build(spec, device=args.device, state=_pretrained(spec, args))
     x = np.random.default_rng(0).standard_normal((args.batch_size, *shape)).astype(np.float32)
     result = face.benchmark(model, x, mode=args.mode, precision=args.precision, repeats=args.repeats,
                             warmup=args.warmup, compile=args.compile)
     return {"name": spec.name, "backend": face.name, "device": face.device_of(model),
-            "framework_version": face.version(), "input_shape": list(shape),
+            "framework_version": face.version(), "input_shape": list(shape), "fast_path": fast,
             **({"weights": args.weights} if args.weights is not None else {}), **result}
 
 

@@ -176,9 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", parents=[with_json], help="time inference or a training step with the framework's best practice",
                        description="Time one backend: warm-up excluded, median and spread of several repeats, "
-                                   "images/s. Practice per framework: torch channels_last (+ torch.compile with "
-                                   "--compile), TensorFlow XLA, JAX jit with donated buffers, MXNet hybridize "
-                                   "with static_alloc/static_shape.")
+                                   "images/s. Inference times the fast path (for_inference: BNs folded into the "
+                                   "convs; torch channels_last + torch.compile, TensorFlow one graph, JAX one jit, "
+                                   "MXNet's oneDNN partition); --plain times the plain model. Training: torch "
+                                   "channels_last (+ torch.compile with --compile), TensorFlow's train step, JAX jit "
+                                   "with donated buffers, MXNet hybridize with static_alloc/static_shape.")
     _add_model(p)
     _add_backend(p)
     p.add_argument("--mode", choices=("infer", "train"), default="infer")
@@ -189,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=arg.positive_int, default=5, metavar="N")
     p.add_argument("--warmup", type=arg.nonnegative_int, default=2, metavar="N")
     p.add_argument("--compile", action="store_true", help="torch.compile (torch; others compile anyway)")
+    p.add_argument("--plain", action="store_true",
+                   help="infer: time the plain model (BNs unfolded, no fast path) instead of for_inference's")
     _add_weights(p)
     _add_allow_large(p)
 

@@ -92,13 +92,17 @@ def _block(x, block: BlockPlan, spec, state, train, new_state):
         y = pre
         for i, conv in enumerate(block.convs):
             y = conv2d(y, conv, state)
-            if i < len(block.norms):
-                y = relu(bn(y, block.norms[i]))
+            if i < len(block.norms):  # a folded block has none (the ReLU stays)
+                y = bn(y, block.norms[i])
+            if i < len(block.convs) - 1:
+                y = relu(y)
         shortcut_in = pre
     else:
         y = x
         for i, conv in enumerate(block.convs):
-            y = bn(conv2d(y, conv, state), block.norms[i])
+            y = conv2d(y, conv, state)
+            if i < len(block.norms):  # a folded block has none
+                y = bn(y, block.norms[i])
             if i < len(block.convs) - 1:
                 y = relu(y)
         shortcut_in = x
@@ -131,7 +135,9 @@ def run(spec: ResNetSpec, state: Mapping[str, np.ndarray], x: np.ndarray,
         y = batch_norm(y, p.stem.input_bn, spec, state, train, new_state)
     y = conv2d(y, p.stem.conv, state)
     if p.stem.bn is not None:
-        y = relu(batch_norm(y, p.stem.bn, spec, state, train, new_state))
+        y = batch_norm(y, p.stem.bn, spec, state, train, new_state)
+    if p.stem.relu:
+        y = relu(y)
     if p.stem.pool is not None:
         pool = p.stem.pool
         y = max_pool(y, pool.kernel, pool.stride, pool.padding, pool.pad_value, same=pool.same)

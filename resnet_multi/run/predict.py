@@ -84,7 +84,8 @@ def predict(model: str | ResNetSpec, images: Sequence[str], weights: str, backen
     face = faces.backend(backend)
     face.module("model")  # a missing framework is its one line before any download
     state = fetch.load(spec, entry.name, quiet=quiet, python=python)
-    net = face.build(spec, device=device, state=state)
+    # The fast path without its compile step: one batch does not repay a compilation.
+    net = face.build_for_inference(spec, device=device, state=state, compile=False)
     logits = np.asarray(face.forward(net, x))
     return {**_report(spec, entry, images, logits, top), "backend": face.name, "device": face.device_of(net),
             "framework_version": face.version()}

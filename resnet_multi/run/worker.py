@@ -64,7 +64,8 @@ def predict(backend: str, request: dict[str, Any]) -> dict[str, Any]:
     """``predict --backends``: the logits of the shared input with the shared weights (run/predict.py)."""
     spec = spec_from_dict(request["spec"])
     face = faces.backend(backend)
-    model = face.build(spec, device=request["device"], state=load_state(request["weights"], spec))
+    model = face.build_for_inference(spec, device=request["device"], state=load_state(request["weights"], spec),
+                                     compile=False)  # as predict does in one backend
     logits = np.asarray(face.forward(model, np.load(request["input"])), dtype=np.float64)
     return {"backend": backend, "logits": logits.tolist(), "device": face.device_of(model),
             "framework_version": face.version()}
@@ -78,10 +79,12 @@ def _reason(exc: Exception) -> str:
 
 
 def _timings(face: faces.BackendFace, model, x: np.ndarray, request: dict[str, Any]) -> dict[str, Any]:
+    """Inference on the fast path (for_inference), a training step on the plain model."""
     out = {}
     for mode in ("infer", "train"):
         try:
-            out[mode] = face.benchmark(model, x, mode=mode, precision=request["precision"],
+            timed = face.for_inference(model) if mode == "infer" else model
+            out[mode] = face.benchmark(timed, x, mode=mode, precision=request["precision"],
                                        repeats=request["repeats"])
         except Exception as exc:  # report in the column, keep the rest of the report
             out[mode] = {"error": _reason(exc)}

@@ -90,7 +90,14 @@ def benchmark(model, x, mode: str = "infer", precision: str = "fp32", repeats: i
     batch = xd.shape[0]
     saved = None
     try:
-        if mode == "infer":
+        infer = getattr(model, "infer", None)  # for_inference's model: its one program (fp32)
+        if infer is not None and mode != "infer":
+            raise ValueError("an inference model (for_inference) times inference only; time training on the "
+                             "plain model")
+        if infer is not None and dtype is None:
+            run = lambda: infer(xd)  # noqa: E731
+            parts = list(model.practice)
+        elif mode == "infer":
             graphdef, state = nnx.split(mode_view(model, train=False, dtype=dtype), graph=False)
             forward = jax.jit(partial(_apply, graphdef))
             run: Callable[[], Any] = lambda: forward(state, xd)  # noqa: E731
@@ -259,3 +266,22 @@ def benchmark_native(x, mode: str = "infer", precision: str = "fp32", repeats: i
     result.update(mode=mode, precision=precision, practice=_practice(mode, precision, parts, compile),
                   device=device_name(dev))
     return result
+
+
+# -- the machine's conv throughput, the ceiling for benchmarks/vs_native.py --------------------
+
+
+def conv_throughput(shape: tuple[int, int, int, int] = (8, 256, 28, 28), repeats: int = 10,
+                    device: str = "cpu") -> dict[str, Any]:
+    """One 3x3 conv, C -> C channels, stride 1, the way this framework runs its fastest (NHWC, jit):
+    GFLOP/s (2 x multiply-adds per second) at the best of ``repeats``."""
+    n, c, h, w = shape
+    dev = jax_device(device)
+    x = jax.device_put(np.random.default_rng(0).standard_normal((n, h, w, c)).astype(np.float32), dev)
+    kernel = jax.device_put(np.random.default_rng(1).standard_normal((3, 3, c, c)).astype(np.float32), dev)
+    conv = jax.jit(lambda a, k: jax.lax.conv_general_dilated(a, k, (1, 1), "SAME",
+                                                             dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    result = time_callable(lambda: conv(x, kernel), jax.block_until_ready, n, repeats=repeats, warmup=2)
+    flops = 2 * n * h * w * c * c * 9
+    return {"shape": list(shape), "gflops": flops / result["min_s"] / 1e9,
+            "practice": "lax.conv_general_dilated, NHWC, jit"}

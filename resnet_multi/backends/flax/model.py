@@ -166,13 +166,16 @@ def max_pool(x, pool: Pool):
 # -- stem: [input_bn] conv1 [bn1-relu] [maxpool]; its layers are attributes of ResNet ---------
 
 
-@partial(nnx.jit, static_argnames="pool", graph=False)  # the pool is a plan record, not an array
-def stem(x, input_bn: BatchNorm | None, conv1: nnx.Conv, bn1: BatchNorm | None, pool: Pool | None):
+@partial(nnx.jit, static_argnames=("pool", "relu"), graph=False)  # plan records and flags, not arrays
+def stem(x, input_bn: BatchNorm | None, conv1: nnx.Conv, bn1: BatchNorm | None, pool: Pool | None,
+         relu: bool = True):
     if input_bn is not None:  # Gluon v2: standardises the data, no ReLU
         x = input_bn(x)
     x = conv1(x)
     if bn1 is not None:
-        x = nnx.relu(bn1(x))
+        x = bn1(x)
+    if relu:  # a folded stem keeps it without bn1
+        x = nnx.relu(x)
     return max_pool(x, pool) if pool is not None else x
 
 
@@ -266,6 +269,7 @@ class ResNet(nnx.Module):
         self.conv1 = conv(p.stem.conv, rngs)
         self.bn1 = batch_norm(p.stem.bn, spec.bn, rngs)
         self.pool = p.stem.pool  # no variables: the plan's record
+        self.stem_relu = p.stem.relu
         # stages: attributes layer1 ... layerK
         self.stage_names = tuple(f"layer{i + 1}" for i in range(len(p.stages)))
         for name, blocks in zip(self.stage_names, p.stages):
@@ -286,7 +290,7 @@ class ResNet(nnx.Module):
 
     def rows(self, x) -> dict:
         """Every layer-table row's output, in order: NHWC, 'avgpool' (N, C), 'fc' the logits."""
-        out = {"stem": (x := stem(x, self.input_bn, self.conv1, self.bn1, pool=self.pool))}
+        out = {"stem": (x := stem(x, self.input_bn, self.conv1, self.bn1, pool=self.pool, relu=self.stem_relu))}
         for name, block in self.blocks():
             out[name] = x = block(x)
         if not self.has_head:
@@ -329,7 +333,9 @@ def mode_view(model: ResNet, train: bool, dtype=None) -> ResNet:
     `model`, whose own mode is left as it was. nnx.view copies the modules
     (not the variables), so the view's compute dtype leaves the model as it was.
     """
-    view = nnx.view(model, use_running_average=not train, graph=False)
+    # A folded post-activation net (for_inference) has no BN to set, and nnx.view refuses unused keys.
+    has_bn = model.spec.preactivation or model.spec.stem.input_norm or not model.spec.folded_bn
+    view = nnx.view(model, graph=False, **({"use_running_average": not train} if has_bn else {}))
     if dtype is not None:
         for _, module in nnx.iter_modules(view):
             if isinstance(module, (nnx.Conv, nnx.Linear, nnx.BatchNorm)):
@@ -350,7 +356,9 @@ def activations(model: ResNet, x, train: bool = False) -> dict[str, np.ndarray]:
 
 def forward(model: ResNet, x, train: bool = False) -> np.ndarray | list[np.ndarray]:
     """The model's output as numpy: logits (N, classes), pooled features (N, C), or a feature extractor's maps."""
-    out = mode_view(model, train)(to_nhwc(x, model_device(model)))
+    infer = getattr(model, "infer", None)  # an inference model's one program (infer.py)
+    run = infer if infer is not None and not train else mode_view(model, train)
+    out = run(to_nhwc(x, model_device(model)))
     if isinstance(out, list):
         return [np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2)) for a in out]
     return np.asarray(out)

@@ -47,11 +47,14 @@ def benchmark(model, x, mode: str = "infer", precision: str = "fp32", repeats: i
     ctx = context_of(model)
     xt = nd.array(np.asarray(x, dtype=np.float32), ctx=ctx, dtype="float32")
     batch = xt.shape[0]
-    practice = ["hybridize(static_alloc, static_shape)"]
+    infer = getattr(model, "infer", None)  # for_inference's model: its partitioned graph
+    if infer is not None and mode != "infer":
+        raise ValueError("an inference model (for_inference) times inference only; time training on the plain model")
+    practice = list(model.practice) if infer is not None else ["hybridize(static_alloc, static_shape)"]
     saved = None
     if mode == "infer":
         def run():
-            return model(xt)
+            return infer(xt) if infer is not None else model(xt)
     else:
         # A copy on the host, so that the restore does not depend on device memory.
         saved = {name: p.data(ctx).asnumpy() for name, p in model.collect_params().items()}
@@ -95,3 +98,20 @@ def benchmark_native(x, mode: str = "infer", precision: str = "fp32", repeats: i
     # Same architecture; the train step reads only its class count (for the labels).
     model.spec = dataclasses.replace(presets.get(NATIVE_PRESET), num_classes=num_classes)
     return benchmark(model, x, mode=mode, precision=precision, repeats=repeats, warmup=warmup, compile=compile)
+
+
+# -- the machine's conv throughput, the ceiling for benchmarks/vs_native.py --------------------
+
+
+def conv_throughput(shape: tuple[int, int, int, int] = (8, 256, 28, 28), repeats: int = 10,
+                    device: str = "cpu") -> dict[str, Any]:
+    """One 3x3 conv, C -> C channels, stride 1, as MXNet runs it (NCHW, oneDNN on CPU): GFLOP/s
+    (2 x multiply-adds per second) at the best of ``repeats``."""
+    n, c, h, w = shape
+    ctx = context(device)
+    x = nd.random.normal(shape=shape, ctx=ctx)
+    weight = nd.random.normal(shape=(c, c, 3, 3), ctx=ctx)
+    run = lambda: nd.Convolution(x, weight, kernel=(3, 3), pad=(1, 1), num_filter=c, no_bias=True)  # noqa: E731
+    result = time_callable(run, lambda _: mx.nd.waitall(), n, repeats=repeats, warmup=2)
+    flops = 2 * n * h * w * c * c * 9
+    return {"shape": list(shape), "gflops": flops / result["min_s"] / 1e9, "practice": "nd.Convolution, NCHW"}

@@ -215,7 +215,7 @@ class Stem(_ImperativeInTraining):
 
     def __init__(self, s: StemPlan, spec: ResNetSpec, **kwargs):
         super().__init__(**kwargs)
-        self.pool = s.pool
+        self.pool, self.relu = s.pool, s.relu  # a folded stem keeps its ReLU without bn1
         with self.name_scope():
             self.input_bn = batch_norm(s.input_bn, spec) if s.input_bn else None
             self.conv1 = conv(s.conv)
@@ -228,7 +228,9 @@ class Stem(_ImperativeInTraining):
             x = self.input_bn(x)
         x = self.conv1(x)
         if self.bn1 is not None:
-            x = _relu(F, self.bn1(x))
+            x = self.bn1(x)
+        if self.relu:
+            x = _relu(F, x)
         if self.pool is not None and self.pool.same:  # 'same' widths; 'edge' pads a max-pool as -inf does
             mode = "edge" if self.pool.pad_value == "neg_inf" else "constant"
             x = same_window(F, x, self.pool.kernel, self.pool.stride, mode, self.maxpool)
@@ -412,8 +414,9 @@ def activations(model: ResNet, x, train: bool = False) -> dict[str, np.ndarray]:
 def forward(model: ResNet, x, train: bool = False) -> np.ndarray | list[np.ndarray]:
     """The model's output from one call of the whole model (its hybridized graph in inference): logits
     (N, classes), pooled features (N, C), or a feature extractor's maps."""
+    infer = getattr(model, "infer", None)  # an inference model's partitioned graph (infer.py)
     with _mode(train):
-        out = model(_input(model, x))
+        out = infer(_input(model, x)) if infer is not None and not train else model(_input(model, x))
     return [a.asnumpy() for a in out] if isinstance(out, (list, tuple)) else out.asnumpy()
 
 

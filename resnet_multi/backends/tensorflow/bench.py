@@ -1,8 +1,10 @@
 """Timed inference and training steps with TensorFlow's own best practice.
 
-- XLA: the forward pass and the whole SGD step are tf.function(jit_compile=True),
-  compiled once for the batch's shape (in the warm-up), then run as one fused
-  program per call;
+- inference: the plain model's forward pass is tf.function(jit_compile=True), XLA,
+  compiled once for the batch's shape (in the warm-up); for_inference's model brings its
+  own function (infer.py);
+- training: the step ``resnet-multi train`` runs (train.TrainStep, a plain tf.function
+  graph: on CPU XLA's step was about 2x slower than the graph's oneDNN kernels);
 - channels_last (NHWC), TensorFlow's native layout, for the model and the input
   (the model is NHWC throughout; the NCHW batch is transposed once, outside the timing);
 - inference with training=False (BN uses its moving statistics, nothing recorded);
@@ -11,8 +13,8 @@
 - on GPU: tf.test.experimental.sync_devices() before a timing stops, and the peak
   memory from tf.config.experimental.get_memory_info. TF32 stays off (model.py).
 
-``compile`` is accepted for the common signature: TensorFlow's best practice
-is XLA, so it is always on here.
+``compile`` is accepted for the common signature and changes nothing here: what is
+compiled, and how, is chosen above.
 
 The benchmark leaves the model as it found it: after a training benchmark its
 weights and moving statistics are restored (the SGD steps are timed, then undone).
@@ -49,7 +51,15 @@ def benchmark(model: keras.Model, x, mode: str = "infer", precision: str = "fp32
     x_np = np.ascontiguousarray(np.asarray(x, dtype=np.float32).transpose(0, 2, 3, 1))  # NCHW -> NHWC
     batch = x_np.shape[0]
 
-    practice = ["XLA (tf.function jit_compile=True)", "NHWC"]
+    infer = getattr(model, "infer", None) if policy is None else None  # for_inference's function (fp32)
+    if hasattr(model, "infer") and mode != "infer":
+        raise ValueError("an inference model (for_inference) times inference only; time training on the plain model")
+    if infer is not None:
+        practice = list(model.practice)
+    elif mode == "infer":
+        practice = ["XLA (tf.function jit_compile=True)", "NHWC"]
+    else:  # measured on CPU: XLA's step about 2x slower than the plain graph's oneDNN kernels
+        practice = ["tf.function graph (train's step)", "NHWC"]
     practice.append("training=False" if mode == "infer" else "GradientTape SGD step")
     if policy is not None:
         practice.append(f"keras policy {policy}" + ("+LossScaleOptimizer" if mode == "train" and precision == "fp16"
@@ -62,14 +72,14 @@ def benchmark(model: keras.Model, x, mode: str = "infer", precision: str = "fp32
             # The input goes to the device once, outside the timing.
             xt = tf.constant(x_np)
             if mode == "infer":
-                forward = tf.function(lambda images: model(images, training=False), jit_compile=True)
+                forward = infer or tf.function(lambda images: model(images, training=False), jit_compile=True)
 
                 def run():
                     with layer_policy(model, policy):  # read while the function traces (the warm-up)
                         return forward(xt)
             else:
                 labels = tf.constant(np.arange(batch, dtype=np.int64) % model.output_shape[-1])
-                step = TrainStep(model, lr=0.01, precision=precision, jit_compile=True)
+                step = TrainStep(model, lr=0.01, precision=precision)  # the step `train` runs (no XLA)
 
                 def run():
                     return step.run(xt, labels)
@@ -102,3 +112,21 @@ def benchmark_native(x, mode: str = "infer", precision: str = "fp32", repeats: i
         model = keras.applications.ResNet50(weights=None, input_shape=size, classes=num_classes,
                                             classifier_activation=None)  # logits, as our models return
     return benchmark(model, x, mode=mode, precision=precision, repeats=repeats, warmup=warmup, compile=compile)
+
+
+# -- the machine's conv throughput, the ceiling for benchmarks/vs_native.py --------------------
+
+
+def conv_throughput(shape: tuple[int, int, int, int] = (8, 256, 28, 28), repeats: int = 10,
+                    device: str = "cpu") -> dict[str, Any]:
+    """One 3x3 conv, C -> C channels, stride 1, the way this framework runs its fastest (NHWC in a
+    tf.function graph): GFLOP/s (2 x multiply-adds per second) at the best of ``repeats``."""
+    n, c, h, w = shape
+    dev = resolve_device(device)
+    with tf.device(dev):
+        x = tf.random.normal((n, h, w, c))
+        kernel = tf.random.normal((3, 3, c, c))
+        run = tf.function(lambda: tf.nn.conv2d(x, kernel, 1, "SAME"))
+        result = time_callable(run, _sync(dev), n, repeats=repeats, warmup=2)
+    flops = 2 * n * h * w * c * c * 9
+    return {"shape": list(shape), "gflops": flops / result["min_s"] / 1e9, "practice": "tf.nn.conv2d, NHWC, tf.function"}

@@ -165,11 +165,17 @@ class SamePadding2D(layers.Layer):
 
 def conv(x, c: Conv):
     """Explicit zero padding (symmetric, or 'same' by hand: SamePadding2D), then a 'valid' conv."""
-    if c.same:  # never Keras's padding='same': the widths are computed here, as the plan says
+    padding = "valid"
+    if c.stride == 1 and c.kernel % 2 and c.padding == c.kernel // 2 or c.kernel == 1 and c.padding == 0:
+        # Unstrided, k // 2 on every side: exactly what Keras's 'same' pads; TensorFlow's graph
+        # optimizer then fuses the conv with its bias, BN and ReLU (an explicit Pad op blocks that).
+        padding = "same"
+    elif c.same:  # never Keras's padding='same' when strided: the widths are computed here, as the plan says
         x = SamePadding2D(c.kernel, c.stride, name=f"{c.name}.pad")(x)
     elif c.padding:
         x = ZeroPadding2D(c.padding, name=f"{c.name}.pad")(x)
-    return Conv2D(c.out_channels, c.kernel, strides=c.stride, groups=c.groups, use_bias=c.bias, name=c.name)(x)
+    return Conv2D(c.out_channels, c.kernel, strides=c.stride, padding=padding, groups=c.groups, use_bias=c.bias,
+                  name=c.name)(x)
 
 
 def batch_norm(x, n: Norm, spec: ResNetSpec, relu: bool = False):
@@ -202,7 +208,9 @@ def stem(x, s: StemPlan, spec: ResNetSpec):
         x = batch_norm(x, s.input_bn, spec)
     x = conv(x, s.conv)
     if s.bn is not None:
-        x = ReLU(name="relu")(batch_norm(x, s.bn, spec))
+        x = batch_norm(x, s.bn, spec)
+    if s.relu:  # a folded stem keeps it without bn1
+        x = ReLU(name="relu")(x)
     if s.pool is not None:
         x = max_pool(x, s.pool)
     return x
@@ -221,14 +229,14 @@ def block(x, b: BlockPlan, spec: ResNetSpec):
     """
     if b.preact:
         y = shortcut_in = batch_norm(x, b.preact_bn, spec, relu=True)
-        for i, c in enumerate(b.convs):
-            y = conv(y, c)
-            if i < len(b.norms):
-                y = batch_norm(y, b.norms[i], spec, relu=True)
     else:
         y = shortcut_in = x
-        for i, (c, n) in enumerate(zip(b.convs, b.norms)):
-            y = batch_norm(conv(y, c), n, spec, relu=i < len(b.convs) - 1)
+    for i, c in enumerate(b.convs):
+        y = conv(y, c)
+        if i < len(b.norms):  # a folded block has none
+            y = batch_norm(y, b.norms[i], spec)
+        if i < len(b.convs) - 1:
+            y = ReLU(name=f"{b.norms[i].name if i < len(b.norms) else c.name}.relu")(y)
 
     if b.shortcut in ("conv", "conv_bn"):
         shortcut = conv(shortcut_in, b.downsample_conv)
@@ -322,6 +330,11 @@ def _to_nchw(a: np.ndarray) -> np.ndarray:
 
 def forward(model: keras.Model, x: np.ndarray, train: bool = False) -> np.ndarray | list[np.ndarray]:
     """The model's output as numpy: logits (N, classes), pooled features (N, C), or a feature extractor's maps."""
+    infer = getattr(model, "infer", None)  # an inference model's one function (infer.py)
+    if infer is not None and not train:
+        with tf.device(device_of(model)):
+            out = infer(tf.constant(np.ascontiguousarray(np.asarray(x, dtype=np.float32).transpose(0, 2, 3, 1))))
+        return [_to_nchw(a.numpy()) for a in out] if isinstance(out, (list, tuple)) else _to_nchw(out.numpy())
     rows = activations(model, x, train=train)
     out = [rows[name] for name in model.output_rows]
     return out if model.spec.features else out[0]

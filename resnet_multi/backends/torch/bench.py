@@ -1,7 +1,10 @@
 """Timed inference and training steps with PyTorch's own best practice.
 
-- channels_last (NHWC in memory) for the model's 4-D tensors and the input:
-  cuDNN's and oneDNN's fastest convolution kernels use it;
+- inference: channels_last (NHWC in memory) for the model's 4-D tensors and the input,
+  cuDNN's and oneDNN's fastest convolution kernels use it; for_inference's model (infer.py)
+  brings its own layout and compilation;
+- training: the step ``resnet-multi train`` runs (train.TrainStep) in the layout it picks
+  for the device (channels_last on CUDA, NCHW on CPU, where it is faster);
 - torch.inference_mode() for inference (no autograd bookkeeping at all);
 - torch.autocast for bf16 / fp16 (weights stay fp32, see train.py);
 - torch.compile(model) when compile=True;
@@ -25,8 +28,9 @@ from resnet_multi.arch.presets import get
 from resnet_multi.backends.common import check_mode
 from resnet_multi.timing import time_callable
 
+from .infer import InferenceModel
 from .model import fp32_only, resolve_device
-from .train import TrainStep, autocast_dtype
+from .train import TrainStep, autocast_dtype, train_memory_format
 
 
 def _sync(device: torch.device):
@@ -45,11 +49,17 @@ def benchmark(model: torch.nn.Module, x, mode: str = "infer", precision: str = "
     x_np = np.ascontiguousarray(x, dtype=np.float32)
     batch = x_np.shape[0]
 
-    practice = ["channels_last"]
-    practice.append("inference_mode" if mode == "infer" else "torch.optim.SGD step")
+    fast = isinstance(model, InferenceModel)  # for_inference's model: its layout and compilation are set
+    if fast and mode != "infer":
+        raise ValueError("an inference model (for_inference) times inference only; time training on the plain model")
+    # Inference: channels_last; training: the layout train's step uses on this device (train.py).
+    layout = torch.channels_last if mode == "infer" else train_memory_format(device)
+    practice = list(model.practice) if fast else ["channels_last" if layout == torch.channels_last else "NCHW"]
+    if not fast:
+        practice.append("inference_mode" if mode == "infer" else "torch.optim.SGD step (train's TrainStep)")
     if dtype is not None:
         practice.append(f"autocast({precision})" + ("+GradScaler" if mode == "train" and precision == "fp16" else ""))
-    if compile:
+    if compile and not fast:
         practice.append("torch.compile")
     if cuda:
         practice.append("cudnn.benchmark")
@@ -58,13 +68,14 @@ def benchmark(model: torch.nn.Module, x, mode: str = "infer", precision: str = "
     # A copy on the host, so that it does not count in the device's peak memory.
     saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()} if mode == "train" else None
     old_benchmark = torch.backends.cudnn.benchmark
-    model.to(memory_format=torch.channels_last)
+    if not fast:
+        model.to(memory_format=layout)
     try:
         if cuda:
             torch.backends.cudnn.benchmark = True
         # The input goes to the device once, outside the timing.
-        xt = torch.from_numpy(x_np).to(device).contiguous(memory_format=torch.channels_last)
-        forward = torch.compile(model) if compile else model
+        xt = torch.from_numpy(x_np).to(device).contiguous(memory_format=layout)
+        forward = torch.compile(model) if compile and not fast else model
         if mode == "infer":
             model.eval()
 
@@ -87,7 +98,8 @@ def benchmark(model: torch.nn.Module, x, mode: str = "infer", precision: str = "
             result["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     finally:
         torch.backends.cudnn.benchmark = old_benchmark
-        model.to(memory_format=torch.contiguous_format)
+        if not fast:
+            model.to(memory_format=torch.contiguous_format)
         if saved is not None:
             with torch.no_grad():
                 for k, v in model.state_dict().items():
@@ -114,3 +126,21 @@ def benchmark_native(x, mode: str = "infer", precision: str = "fp32", repeats: i
     model = torchvision.models.resnet50(weights=None, num_classes=num_classes).to(dev).eval()
     model.spec = get(NATIVE_PRESET)  # same architecture and names: the train step needs only the class count
     return benchmark(model, x, mode=mode, precision=precision, repeats=repeats, warmup=warmup, compile=compile)
+
+
+# -- the machine's conv throughput, the ceiling for benchmarks/vs_native.py --------------------
+
+
+def conv_throughput(shape: tuple[int, int, int, int] = (8, 256, 28, 28), repeats: int = 10,
+                    device: str = "cpu") -> dict[str, Any]:
+    """One 3x3 conv, C -> C channels, stride 1, the way this framework runs its fastest (channels_last,
+    inference_mode): GFLOP/s (2 x multiply-adds per second) at the best of ``repeats``."""
+    dev = torch.device(resolve_device(device))
+    n, c, h, w = shape
+    x = torch.randn(shape, device=dev).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c, c, 3, 3, device=dev).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        result = time_callable(lambda: torch.nn.functional.conv2d(x, weight, padding=1), _sync(dev), n,
+                               repeats=repeats, warmup=2)
+    flops = 2 * n * h * w * c * c * 9
+    return {"shape": list(shape), "gflops": flops / result["min_s"] / 1e9, "practice": "F.conv2d, channels_last"}

@@ -257,6 +257,7 @@ class ResNet(nn.Module):
         for name, layer in (head(p.head, spec.bn) if p.head is not None else {}).items():
             self.add_module(name, layer)
         self.relu = nn.ReLU(inplace=False)
+        self.stem_relu = p.stem.relu  # after conv1 [bn1] (a folded stem has no bn1 but keeps the ReLU)
         self.output_rows = p.output_rows
         self.feature_info = feature_info(spec) if spec.features else []
 
@@ -265,7 +266,9 @@ class ResNet(nn.Module):
             x = self.input_bn(x)
         x = self.conv1(x)
         if hasattr(self, "bn1"):
-            x = self.relu(self.bn1(x))
+            x = self.bn1(x)
+        if self.stem_relu:
+            x = self.relu(x)
         return self.maxpool(x) if hasattr(self, "maxpool") else x
 
     def rows(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
