@@ -37,6 +37,16 @@ def test_summary_parity_and_bench_commands(backend, face):
     assert out.returncode == 0, out.stderr[-2000:]
     timing = json.loads(out.stdout)
     assert timing["mode"] == "train" and timing["images_per_s"] > 0 and timing["median_s"] > 0
+    assert not timing["fast_path"]
+
+    # Inference times the fast path (folded BN) unless --plain; both say what they ran.
+    for flags, fast in (((), True), (("--plain",), False)):
+        out = cli("bench", "resnet20", "--backend", backend, "--batch-size", "2", "--repeats", "1",
+                  "--input-shape", "3,16,16", "--device", "cpu", "--json", *flags)
+        assert out.returncode == 0, out.stderr[-2000:]
+        timing = json.loads(out.stdout)
+        assert timing["fast_path"] is fast and timing["images_per_s"] > 0
+        assert ("folded BN" in timing["practice"]) is fast
 
 
 def test_save_and_load_weights_through_the_canonical_file(backend, face, tmp_path):
