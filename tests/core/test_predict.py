@@ -20,9 +20,9 @@ from resnet_multi.cli.commands import main
 from resnet_multi.numerics import reference
 from resnet_multi.run import fetch
 from resnet_multi.run import predict as predict_run
-from resnet_multi.weights.canonical import head_names, with_new_head
 from resnet_multi.weights import preprocess, registry
-from resnet_multi.weights.canonical import init_weights, save_state
+from resnet_multi.weights.canonical import head_names, init_weights, save_state, with_new_head
+from resnet_multi.weights.fold import fold_state
 
 from .weights_server import serve
 
@@ -46,6 +46,9 @@ class ReferenceFace:
 
     def build(self, spec, device="auto", seed=0, state=None):
         return spec, state
+
+    def build_for_inference(self, spec, device="auto", state=None, compile=True, seed=0):
+        return fold_state(spec, state)  # predict runs the folded form: the reference runs it too
 
     def forward(self, model, x, train=False):
         return reference.run(model[0], model[1], x)[0]["fc"]
