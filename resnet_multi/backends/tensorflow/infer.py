@@ -2,7 +2,7 @@
 
 ``for_inference`` (faces.py) folds the BNs into the convs (resnet_multi.weights.fold) and
 builds the folded spec with model.build; ``fast`` here traces its forward pass
-(training=False) as one tf.function over NHWC batches of any size. On a CPU it is a plain
+(training=False) as one tf.function, once per NHWC input shape. On a CPU it is a plain
 graph: TensorFlow's graph optimizer (grappler's remapper) then fuses each conv with its
 bias and ReLU into one oneDNN kernel, which XLA's CPU convolutions do not match (measured:
 docs/benchmarks.md); on a GPU it is compiled by XLA (jit_compile=True).
@@ -27,8 +27,9 @@ def use_xla(device: str) -> bool:
 
 def fast(model: keras.Model, compile: bool = True) -> keras.Model:
     xla = compile and use_xla(device_of(model))
-    signature = [tf.TensorSpec((None, None, None, model.spec.in_channels), tf.float32)]
-    model.infer = tf.function(partial(model, training=False), input_signature=signature, jit_compile=xla)
+    # Traced per input shape: with the shapes known, grappler fuses conv+bias+ReLU (an input_signature
+    # of unknown sizes ran ResNet-50 at about 0.6x on this CPU).
+    model.infer = tf.function(partial(model, training=False), jit_compile=xla)
     model.practice = ["folded BN", "NHWC", "XLA (tf.function jit_compile=True)" if xla
                       else "tf.function graph (grappler conv+bias+ReLU fusion)"]
     return model
