@@ -91,6 +91,14 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     from resnet_multi.run.interpreters import parse_python_overrides
 
     python = parse_python_overrides(args.python)
+    if args.workers is not None:  # before anything runs, as train checks its workers
+        from resnet_multi.training.parallel import check_workers
+
+        if args.workers < 2:
+            raise UserError(f"--workers {args.workers}: pass 2 or more (the single worker's steps are always shown)")
+        if not args.train_steps:
+            raise UserError("--workers needs --train-steps K: the workers run those training steps")
+        check_workers(args.workers, args.batch_size, True)
     _register_weights_file(args)
     if args.plot:  # before the run, not after it
         from resnet_multi.cli.plot import check_plot_destination
@@ -100,7 +108,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     report = run_compare(args.model, args.backends, args.input_shape, batch=args.batch_size, seed=args.seed,
                          device=args.device, precision=args.precision, repeats=args.repeats,
                          train_steps=args.train_steps, python=python, progress=progress,
-                         allow_large=args.allow_large, weights=args.weights)
+                         allow_large=args.allow_large, weights=args.weights, workers=args.workers or 1)
     if args.plot:
         from resnet_multi.cli.plot import plot_compare
 

@@ -201,12 +201,15 @@ def format_compare(report: dict[str, Any]) -> str:
     erows = [[n, r["environment"]["framework_version"], r["environment"]["device"], r.get("python", "")]
              for n, r in ok.items()]
     out += ["", "Environments", render_table(["backend", "framework", "device", "interpreter"], erows, [False] * 4)]
-    if any("losses" in r.get("train", {}) for r in ok.values()):
+    if any("losses" in r.get("train", {}) or "parallel" in r.get("train", {}) for r in ok.values()):
         out += ["", format_trajectories(report)]
     return "\n".join(out)
 
 
 def format_trajectories(report: dict[str, Any]) -> str:
+    workers = report.get("workers")
+    if workers:
+        return _format_parallel_trajectories(report, workers)
     ok = {n: r["train"] for n, r in report["backends"].items()
           if "error" not in r and "losses" in r.get("train", {})}
     steps = max(len(t["losses"]) for t in ok.values())
@@ -214,6 +217,32 @@ def format_trajectories(report: dict[str, Any]) -> str:
             for i in range(steps)]
     return "Training losses, plain SGD from the same weights and batches\n" + render_table(
         ["step"] + list(ok), rows, [True] * (1 + len(ok)))
+
+
+def _format_parallel_trajectories(report: dict[str, Any], workers: int) -> str:
+    """Each backend's single-worker losses beside its N workers' (a failed run: 'failed' in its column), the
+    largest gap between them, and each engine (or why it failed)."""
+    trained = {n: r["train"] for n, r in report["backends"].items() if "error" not in r and r.get("train")}
+    columns: list[tuple[str, list[float] | None, str]] = []  # header, losses (None: failed), last row
+    engines = []
+    for n, t in trained.items():
+        par = t.get("parallel") or {}
+        columns.append((n, t.get("losses"), ""))
+        columns.append((f"{n} x{workers}", par.get("losses"), _num(par.get("max_rel_diff")) if "losses" in par else ""))
+        engines.append([n, _num(par.get("max_rel_diff")) if "losses" in par else "failed",
+                        par.get("engine", "") if "losses" in par else par.get("error", "not run")])
+    steps = max((len(c) for _, c, _ in columns if c), default=0)
+    rows = [[str(i + 1)] + ["failed" if c is None else f"{c[i]:.6f}" if i < len(c) else "-" for _, c, _ in columns]
+            for i in range(steps)]
+    rows.append(["max |diff|"] + [last for _, _, last in columns])
+    right = [False] + [True] * len(columns)
+    return "\n".join([
+        f"Training losses, plain SGD from the same weights and batches: one worker, and {workers} data-parallel "
+        f"workers (x{workers}: the batch split over them, BN over the whole batch)",
+        render_table(["step"] + [h for h, _, _ in columns], rows, right), "",
+        f"Data-parallel engines ({workers} workers); max |diff|: the largest gap to one worker's loss, relative "
+        "to max(1, |loss|)",
+        render_table(["backend", "max |diff|", "engine"], engines, [False, True, False])])
 
 
 def format_convert(report: dict[str, Any]) -> str:

@@ -77,6 +77,10 @@ def _add_compare_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=arg.positive_int, default=5, metavar="N", help="timed repeats (default 5)")
     p.add_argument("--train-steps", type=arg.nonnegative_int, default=0, metavar="N",
                    help="also show the loss of the first N plain-SGD steps per backend")
+    p.add_argument("--workers", type=arg.positive_int, metavar="N",
+                   help="with --train-steps: also run those steps on each framework's data-parallel engine over "
+                        "N >= 2 workers (the batch split evenly over them, BN over the whole batch) and show "
+                        "their losses beside the single worker's (docs/distributed.md)")
     _add_python(p)
     _add_weights(p)
     p.add_argument("--plot", type=arg.path_arg, metavar="FILE.png", help="write a chart: speed per backend, parity per layer")
@@ -146,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "one seeded weights file and input; report layer shapes and params, parity "
                                    "with the NumPy reference, speed, and environments side by side. "
                                    "Interpreters: --python B=PATH, RESNET_MULTI_PYTHON_<B>, .nox/<B>/bin/python, "
-                                   "or this one. Exits 1 when a backend fails (one line each on stderr).")
+                                   "or this one. --train-steps K adds each backend's first K SGD steps from "
+                                   "the same weights and batches; --workers N also runs them on N data-parallel "
+                                   "workers. Exits 1 when a backend fails (one line each on stderr).")
     _add_compare_options(p)
 
     p = sub.add_parser("report", parents=[with_json], help="compare, written as one self-contained HTML page",

@@ -44,7 +44,11 @@ def plot_compare(report: dict[str, Any], path: str | Path) -> Path:
     if trained:
         losses = axes[2]
         for n, t in trained.items():
-            losses.plot(range(1, len(t["losses"]) + 1), t["losses"], marker="o", markersize=3, label=n)
+            line, = losses.plot(range(1, len(t["losses"]) + 1), t["losses"], marker="o", markersize=3, label=n)
+            many = (t.get("parallel") or {}).get("losses")
+            if many:  # compare --workers N: the data-parallel run, dashed in the same colour
+                losses.plot(range(1, len(many) + 1), many, linestyle="--", color=line.get_color(),
+                            label=f"{n} x{report.get('workers', len(many))}")
         losses.set_xlabel("SGD step")
         losses.set_ylabel("loss")
         losses.set_title("Training losses, same weights and batches")

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,13 +81,80 @@ def backend_trajectory(backend: str, spec: ResNetSpec | str, state: dict[str, np
     for i in range(steps):
         x, y = step_batch(tuple(input_shape), batch, spec.num_classes, seed, i)
         losses.append(float(step(x, y)))
-    after = face.to_canonical(model)
+    return {"backend": backend, "losses": losses, "fingerprint": _fingerprint(spec, start, face.to_canonical(model)),
+            "lr": lr, "batch": batch, "input_shape": list(input_shape), "steps": steps, "seed": seed}
+
+
+def _fingerprint(spec: ResNetSpec, start: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> dict[str, float]:
     # How far training moved each tensor (L2 norm of the update): a sum of the
     # weights themselves cancels, and round-off flips its last digits.
-    fingerprint = {k: float(np.linalg.norm(np.asarray(after[k], np.float64) - np.asarray(start[k], np.float64)))
-                   for k in fingerprinted(spec)}
-    return {"backend": backend, "losses": losses, "fingerprint": fingerprint, "lr": lr, "batch": batch,
-            "input_shape": list(input_shape), "steps": steps, "seed": seed}
+    return {k: float(np.linalg.norm(np.asarray(after[k], np.float64) - np.asarray(start[k], np.float64)))
+            for k in fingerprinted(spec)}
+
+
+def parallel_trajectory(backend: str, spec: ResNetSpec | str, state: dict[str, np.ndarray] | None, steps: int,
+                        seed: int, input_shape, batch: int = 8, workers: int = 2, sync_bn: bool = True,
+                        lr: float = GOLDEN["lr"], device: str = "cpu") -> dict[str, Any]:
+    """``backend_trajectory`` on the backend's data-parallel engine (``face.data_parallel``): the same start
+    weights and batches, each step's global batch split over ``workers``; adds ``workers``, ``sync_bn``,
+    ``engine`` and ``device``.
+
+    Flax and TensorFlow set their devices up before the framework starts: call this in a fresh process
+    (run/worker.py does). Engines with one process per worker (torch) are launched here through
+    ``engine.launch``; worker 0 writes the result to a file this process reads.
+    """
+    spec = resolve(spec)
+    if batch % workers:
+        raise ValueError(f"a batch of {batch} does not split over {workers} workers")
+    face = faces.backend(backend)
+    engine = face.data_parallel(workers, sync_bn=sync_bn, device=device)  # first: it may set the devices up
+    start = state if state is not None else init_weights(spec, seed)
+    job = (backend, spec, start, steps, seed, tuple(input_shape), batch, workers, sync_bn, lr, device)
+    if not engine.launcher:
+        return _on_engine(face, engine, *job)
+    with tempfile.TemporaryDirectory(prefix="resnet-multi-trajectory-") as tmp:
+        out = Path(tmp) / "trajectory.json"
+        engine.launch(parallel_worker_main, (job, str(out)))  # bounded: set-up and collectives time out
+        return json.loads(out.read_text())
+
+
+def parallel_worker_main(job: tuple, out: str) -> None:
+    """One launched worker process (engine.launch): the steps as one worker; worker 0 writes the result."""
+    backend, _spec, _start, _steps, _seed, _shape, _batch, workers, sync_bn, _lr, device = job
+    face = faces.backend(backend)
+    engine = face.data_parallel(workers, sync_bn=sync_bn, device=device)
+    result = _on_engine(face, engine, *job)
+    if engine.rank == 0:
+        atomic_write(out, json.dumps(result))
+
+
+def _on_engine(face, engine, backend, spec, start, steps, seed, input_shape, batch, workers, sync_bn, lr,
+               device) -> dict[str, Any]:
+    try:
+        model = engine.build(spec, device=device, seed=seed, state=start)
+        step = engine.make_train_step(model, lr=lr)
+        # This process's workers' slices of each global batch (training/parallel.py's process_share; numerics
+        # sits below training): one process per worker takes its own, one process for all takes the whole.
+        per = batch // engine.processes
+        losses = []
+        for i in range(steps):
+            x, y = step_batch(input_shape, batch, spec.num_classes, seed, i)
+            part = slice(engine.rank * per, (engine.rank + 1) * per)
+            losses.append(float(step(x[part], y[part])))  # the global batch's loss
+        engine.gather(step)  # functional engines copy their state back into the model
+        after = face.to_canonical(model)
+    finally:
+        engine.close()
+    return {"backend": backend, "losses": losses, "fingerprint": _fingerprint(spec, start, after), "lr": lr,
+            "batch": batch, "input_shape": list(input_shape), "steps": steps, "seed": seed, "workers": workers,
+            "sync_bn": sync_bn, "engine": engine.name, "device": engine.device}
+
+
+def max_relative_gap(one: list[float], many: list[float]) -> float:
+    """The largest |difference| of two trajectories' losses, step by step, relative to max(1, |loss|)
+    (NaN when a loss is not finite)."""
+    gaps = [abs(a - b) / max(1.0, abs(a)) for a, b in zip(one, many)]
+    return max(gaps, default=0.0) if all(math.isfinite(g) for g in gaps) else math.nan
 
 
 def golden_trajectory(backend: str) -> dict[str, Any]:

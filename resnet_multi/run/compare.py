@@ -7,11 +7,20 @@ merges the JSON they print. A missing or broken environment fills its column
 with the reason; the others still run. The report's ``failed`` names each
 backend that failed (whole, or one of its timings or its training steps) with
 a one-line reason, and ``ok`` is false then (the CLI exits 1).
+
+``workers=N`` (with ``train_steps``): each worker also runs the steps on its
+framework's data-parallel engine over N workers with BN over the global batch
+(numerics/training_parity.py: ``parallel_trajectory``, in a fresh process of
+the backend's interpreter); ``train.parallel`` holds those losses and their
+largest gap to the single worker's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -24,6 +33,7 @@ from resnet_multi.arch.memory import check_model_fits
 from resnet_multi.arch.presets import resolve
 from resnet_multi.arch.shapes import layer_table
 from resnet_multi.arch.spec import ResNetSpec
+from resnet_multi.errors import UserError
 from resnet_multi.files import atomic_write
 from resnet_multi.numerics.parity import seeded_input
 from resnet_multi.run import fetch
@@ -36,9 +46,12 @@ WORKER_TIMEOUT_S = 1800
 def run_compare(spec: ResNetSpec | str, backends: list[str], input_shape=None, batch: int = 8, seed: int = 0,
                 device: str = "cpu", precision: str = "fp32", repeats: int = 5, train_steps: int = 0,
                 python: dict[str, str] | None = None, progress: Callable[[str], None] | None = None,
-                allow_large: bool = False, weights: str | None = None) -> dict[str, Any]:
-    """``weights`` (a weights name or file: run/fetch.py) replaces the seeded weights with random BN statistics."""
+                allow_large: bool = False, weights: str | None = None, workers: int = 1) -> dict[str, Any]:
+    """``weights`` (a weights name or file: run/fetch.py) replaces the seeded weights with random BN statistics;
+    ``workers`` > 1 adds the data-parallel trajectories (the CLI checks it: training/parallel.check_workers)."""
     spec = resolve(spec)
+    if workers > 1 and not train_steps:
+        raise UserError(f"workers {workers} needs train steps: the data-parallel trajectory is a training run")
     input_shape = tuple(input_shape or spec.input_shape)
     analytic = layer_table(spec, input_shape)
     # Every worker times a training step (and may run --train-steps): the training bound, before init_weights.
@@ -47,6 +60,7 @@ def run_compare(spec: ResNetSpec | str, backends: list[str], input_shape=None, b
     report: dict[str, Any] = {
         "name": spec.name, "input_shape": list(input_shape), "batch": batch, "seed": seed, "device": device,
         "precision": precision, "analytic": analytic.to_dict(), "backends": {},
+        **({"workers": workers} if workers > 1 else {}),
         **({"weights": str(weights)} if weights is not None else {}),
     }
     state = init_weights(spec, seed, perturb_bn=True) if weights is None else fetch.load(spec, weights, python=python)
@@ -56,7 +70,7 @@ def run_compare(spec: ResNetSpec | str, backends: list[str], input_shape=None, b
         np.save(input_path, seeded_input(input_shape, batch, seed))
         request = {"spec": spec.to_dict(), "weights": str(weights_path), "input": str(input_path),
                    "device": device, "precision": precision, "repeats": repeats, "seed": seed,
-                   "train_steps": train_steps}
+                   "train_steps": train_steps, "workers": workers, "sync_bn": True}
         request_path = Path(tmp) / "request.json"
         atomic_write(request_path, json.dumps(request))
         for backend in backends:
@@ -81,6 +95,9 @@ def backend_failure(result: dict[str, Any]) -> str | None:
              if isinstance(t, dict) and "error" in t]
     if "error" in (result.get("train") or {}):
         parts.append(f"training steps: {_first_line(result['train']['error'])}")
+    parallel = (result.get("train") or {}).get("parallel") or {}
+    if "error" in parallel:
+        parts.append(f"data-parallel training steps: {_first_line(parallel['error'])}")
     return "; ".join(parts) or None
 
 
@@ -99,6 +116,31 @@ def run_worker(backend: str, request_path: Path, overrides: dict[str, str]) -> d
         return {"error": f"interpreter {python} ({source}) could not start: {exc.strerror or exc}"}
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {WORKER_TIMEOUT_S} s"}
+    return read_worker_output(out, python)
+
+
+def run_in_own_group(cmd: list[str], timeout_s: float) -> subprocess.CompletedProcess | str:
+    """Run ``cmd`` in its own process group, all of it killed at the timeout or on any interruption (the
+    workers it may launch too); the finished process, or one line saying why it did not finish."""
+    try:
+        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 start_new_session=True)
+    except OSError as exc:
+        return f"{cmd[0]} could not start: {exc.strerror or exc}"
+    try:
+        stdout, stderr = child.communicate(timeout=timeout_s)
+    except BaseException as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            return f"timed out after {timeout_s:g} s"
+        raise
+    return subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
+
+
+def read_worker_output(out: subprocess.CompletedProcess, python: str) -> dict[str, Any]:
+    """A worker's report: the last JSON line it printed, or one line saying why there is none."""
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
         tail = (out.stderr.strip().splitlines() or ["no output"])[-1]

@@ -3,7 +3,9 @@
 ``python -m resnet_multi.run.worker --backend B --request request.json`` reads
 the shared spec, weights file and input, and prints one JSON line: measured
 layer table, parity against the NumPy reference, timings, and the
-environment (a ``"kind": "predict"`` request: the logits only). Internal: users run ``resnet-multi compare``.
+environment (a ``"kind": "predict"`` request: the logits only; ``"kind": "train_parallel"``: the
+data-parallel trajectory only, which ``workers`` > 1 runs in a fresh process of this interpreter). Internal:
+users run ``resnet-multi compare``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import traceback
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +33,8 @@ from resnet_multi.weights.canonical import load_state
 def run(backend: str, request: dict[str, Any]) -> dict[str, Any]:
     if request.get("kind") == "predict":
         return predict(backend, request)
+    if request.get("kind") == "train_parallel":
+        return train_parallel(backend, request)
     spec = spec_from_dict(request["spec"])
     face = faces.backend(backend)
     state = load_state(request["weights"], spec)
@@ -91,11 +97,58 @@ def _timings(face: faces.BackendFace, model, x: np.ndarray, request: dict[str, A
     return out
 
 
-def _train(backend: str, spec, state, x: np.ndarray, request: dict[str, Any]) -> dict[str, Any]:
-    from resnet_multi.numerics.training_parity import backend_trajectory
+# The data-parallel run's own bound (the whole worker has compare's WORKER_TIMEOUT_S); its engine's set-up and
+# collectives time out sooner (RESNET_MULTI_DIST_TIMEOUT).
+PARALLEL_TIMEOUT_S = 900
 
-    return backend_trajectory(backend, spec, state, request["train_steps"], request["seed"], x.shape[1:],
-                              batch=x.shape[0], device=request["device"])
+
+def _train(backend: str, spec, state, x: np.ndarray, request: dict[str, Any]) -> dict[str, Any]:
+    from resnet_multi.numerics.training_parity import backend_trajectory, max_relative_gap
+
+    try:
+        one = backend_trajectory(backend, spec, state, request["train_steps"], request["seed"], x.shape[1:],
+                                 batch=x.shape[0], device=request["device"])
+    except Exception as exc:  # the column says why; the data-parallel run still runs
+        one = {"error": _reason(exc)}
+    if request.get("workers", 1) > 1:
+        one["parallel"] = many = _parallel_in_fresh_process(backend, request)
+        many.setdefault("workers", request["workers"])
+        if "losses" in many and "losses" in one:
+            many["max_rel_diff"] = max_relative_gap(one["losses"], many["losses"])
+    return one
+
+
+def _parallel_in_fresh_process(backend: str, request: dict[str, Any]) -> dict[str, Any]:
+    """The data-parallel trajectory in a new process of this interpreter: flax and tensorflow set their devices
+    up before the framework starts, and this process has started it (parity, timings)."""
+    from resnet_multi.run.compare import read_worker_output, run_in_own_group
+
+    with tempfile.TemporaryDirectory(prefix="resnet-multi-parallel-") as tmp:
+        path = Path(tmp) / "request.json"
+        path.write_text(json.dumps({**request, "kind": "train_parallel"}))
+        cmd = [sys.executable, "-m", "resnet_multi.run.worker", "--backend", backend, "--request", str(path)]
+        done = run_in_own_group(cmd, PARALLEL_TIMEOUT_S)
+    if isinstance(done, str):
+        return {"error": f"{request['workers']} workers: {done}"}
+    result = read_worker_output(done, sys.executable)
+    result.pop("python", None)
+    if "error" in result:
+        sys.stderr.write(done.stderr)  # the traceback, where compare shows a dead worker's stderr
+    return result
+
+
+def train_parallel(backend: str, request: dict[str, Any]) -> dict[str, Any]:
+    """``"kind": "train_parallel"``: ``parallel_trajectory`` from the shared weights, on the input's shape."""
+    from resnet_multi.numerics.training_parity import parallel_trajectory
+
+    spec = spec_from_dict(request["spec"])
+    x = np.load(request["input"], mmap_mode="r")
+    try:
+        return parallel_trajectory(backend, spec, load_state(request["weights"], spec), request["train_steps"],
+                                   request["seed"], x.shape[1:], batch=x.shape[0], workers=request["workers"],
+                                   sync_bn=request.get("sync_bn", True), device=request["device"])
+    except Exception as exc:  # the column says why (a UserError of the engine is its one line)
+        return {"error": _reason(exc), "workers": request["workers"]}
 
 
 def main(argv: list[str] | None = None) -> int:
