@@ -1,23 +1,30 @@
 """One training step in Flax NNX: mean softmax cross-entropy, optax SGD.
 
-The textbook NNX step, written once (sgd_step) and compiled once:
+The textbook NNX step, written once (sgd_step):
 
-    @nnx.jit(donate_argnums=(0, 1))
     def train_step(model, optimizer, x, labels):
         loss, grads = nnx.value_and_grad(cross_entropy)(model, x, labels)
         optimizer.update(model, grads)
         return loss
 
-bench.py runs the same sgd_step as a pure function of split state under
-jax.jit (pure_step), Flax's pattern for hot loops.
+compiled once per input shape with Flax's pattern for hot loops: TrainStep
+splits the model and the optimizer once (tree mode, ``graph=False``) and runs
+sgd_step under jax.jit as a pure function of their arrays (pure_step,
+flat_step), writing the new arrays back into the same Variables. So there is
+no NNX traversal of the model per call (nnx.jit's took 7-9 ms of each step on
+the 2-core CPU, against 2 ms for this), and bench.py times this same program.
 
 ``model`` is a view of the user's model (``nnx.view``) with BN in training
 mode: it shares the model's variables, so the new weights and the running
 statistics (updated by the spec's convention, see model.BatchNorm) land in
-the model itself, whose own mode is left as it was. The step runs in tree
-mode (``graph=False``): NNX treats the model as a plain pytree, the least
-per-call overhead. The model's and the optimizer's buffers are donated, so
-XLA updates them in place instead of keeping two copies.
+the model itself, whose own mode is left as it was. The model's and the
+optimizer's buffers are donated, so XLA updates them in place instead of
+keeping two copies.
+
+On CPU the view's convs with at most 2x2 output pixels are one matmul of
+patches by the kernel (small_output_conv): XLA:CPU's convolution is 10-30x
+slower there (layer3 and layer4 of a 32x32 input). The result is the same
+sum in another order: it agrees with lax's conv to float32 rounding.
 
 SGD follows torch.optim.SGD exactly: weight decay added to the gradient
 (optax.add_decayed_weights), the momentum buffer b = momentum * b + g
@@ -120,8 +127,50 @@ def sgd_step(model, optimizer, scaler, x, labels):
     return loss
 
 
-# The model, the optimizer and the loss scale are donated: XLA writes the new values over the old ones.
-train_step = nnx.jit(sgd_step, donate_argnums=(0, 1, 2), graph=False)
+# XLA:CPU's convolution is 10-30x slower than a matmul of the same size when the output is 2x2 or 1x1
+# (d2l_resnet18 at 32x32: layer3 and layer4); from 3x3 up it is as fast or faster.
+SMALL_OUTPUT = 4  # output pixels (H * W) up to which a conv is computed as one matmul
+
+
+def small_output_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                      dimension_numbers=None, feature_group_count=1, precision=None, preferred_element_type=None,
+                      **kwargs):
+    """lax.conv_general_dilated (nnx.Conv's conv_general_dilated), as patches @ kernel for small outputs.
+
+    Kernel taps that see only padding for every output pixel are left out: they add exact zeros. Anything
+    else (strings for padding, dilation, groups, larger outputs, other layouts) is lax's own conv.
+    """
+    def lax_conv():
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, precision=precision,
+            preferred_element_type=preferred_element_type, **kwargs)
+
+    if lhs.ndim != 4 or isinstance(padding, str) or feature_group_count != 1 or kwargs.get("out_sharding"):
+        return lax_conv()
+    dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    if (tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec)) != ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2)) \
+            or any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):  # NHWC, HWIO, undilated only
+        return lax_conv()
+    n, h, w, c = lhs.shape
+    kh, kw, _, out = rhs.shape
+    (sh, sw), ((top, bottom), (left, right)) = window_strides, padding
+    ho, wo = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+    if ho * wo > SMALL_OUTPUT or ho < 1 or wo < 1:
+        return lax_conv()
+
+    def live(tap, pad, size, stride, count):  # the tap reads a real pixel for some output position
+        return any(pad <= tap + stride * i < pad + size for i in range(count))
+
+    taps = [(i, j) for i in range(kh) if live(i, top, h, sh, ho) for j in range(kw) if live(j, left, w, sw, wo)]
+    if not taps:  # every output pixel sees only padding
+        return lax_conv()
+    x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    patches = jnp.concatenate([x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] for i, j in taps], -1)
+    kernel = jnp.concatenate([rhs[i, j] for i, j in taps], 0)  # (taps * C, O), the patches' order
+    y = jax.lax.dot_general(patches.reshape(n * ho * wo, len(taps) * c), kernel, (((1,), (0,)), ((), ())),
+                            precision=precision, preferred_element_type=preferred_element_type)
+    return y.reshape(n, ho, wo, out)
 
 
 def pure_step(graphdef):
@@ -140,6 +189,19 @@ def pure_step(graphdef):
     return run
 
 
+def flat_step(graphdef, treedef):
+    """pure_step on the state's leaves: (list of arrays, x, labels) -> (new list in the same order, loss)."""
+    step = pure_step(graphdef)
+
+    def run(values, x, labels):
+        state, loss = step(jax.tree.unflatten(treedef, values), x, labels)
+        if jax.tree.structure(state) != treedef:  # at trace time only: the leaves must stay in order
+            raise AssertionError("flax train step: the state changed structure")
+        return jax.tree.leaves(state), loss
+
+    return run
+
+
 class TrainStep:
     """step(x, labels) -> loss before the update; the model and the optimizer change in place."""
 
@@ -150,8 +212,11 @@ class TrainStep:
         self.dtype = compute_dtype(precision)
         self.momentum = momentum
         self.view = mode_view(model, train=True, dtype=self.dtype)
-        tx = sgd(float(lr), float(momentum), float(weight_decay), skip_nonfinite=precision == "fp16")
         device = model_device(model)
+        if device.platform == "cpu":  # another copy of the modules, the same variables (as mode_view)
+            self.view = nnx.with_attributes(self.view, only=nnx.Conv, graph=False,
+                                            conv_general_dilated=small_output_conv)
+        tx = sgd(float(lr), float(momentum), float(weight_decay), skip_nonfinite=precision == "fp16")
         with jax.default_device(device):
             self.scaler = LossScale() if precision == "fp16" else None
             self.optimizer = nnx.Optimizer(self.view, tx, wrt=nnx.Param, graph=False)
@@ -160,12 +225,21 @@ class TrainStep:
         for node in (self.optimizer, self.scaler):
             for _, var in nnx.to_flat_state(nnx.state(node, graph=False)) if node is not None else ():
                 var.set_value(jax.device_put(var.get_value(), device))
+        # Flax's hot-loop pattern: split once, jax.jit a pure function of the arrays (donated). The Variables
+        # are kept, so each call reads and writes them directly: no NNX traversal of the model per step.
+        graphdef, state = nnx.split((self.view, self.optimizer, self.scaler), graph=False)
+        self.variables = jax.tree.leaves(state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+        self.program = jax.jit(flat_step(graphdef, jax.tree.structure(state)), donate_argnums=0)
         self.has_buffers = False  # as torch: no momentum buffers before the first step
 
     def run(self, x: jax.Array, labels: jax.Array) -> jax.Array:
         """One step on NHWC arrays already on the device; the loss as a device array (no host sync)."""
         self.has_buffers = True
-        return train_step(self.view, self.optimizer, self.scaler, x, labels)
+        # The raw accessors: plain arrays, no hooks (get_value/set_value's copies cost ~5 ms a step for a ResNet-18).
+        values, loss = self.program([var.get_raw_value() for var in self.variables], x, labels)
+        for var, value in zip(self.variables, values):  # the same Variables: the model is current after each step
+            var.set_raw_value(value)
+        return loss
 
     def __call__(self, x, labels) -> float:
         """x: float32 NCHW numpy, labels: int (N,) numpy -> the mean cross-entropy before the update."""
