@@ -10,11 +10,12 @@ The core's own shared pieces a backend also uses live in the core:
 
 from __future__ import annotations
 
+import os
 from typing import Iterable, Mapping
 
 from resnet_multi.arch.plan import plan
 from resnet_multi.arch.spec import ResNetSpec
-from resnet_multi.errors import DeviceUnavailable, PrecisionUnavailable
+from resnet_multi.errors import DeviceUnavailable, PrecisionUnavailable, UserError
 from resnet_multi.weights.canonical import WeightsError, check_tensors
 
 # -- devices ---------------------------------------------------------------------------
@@ -125,3 +126,19 @@ def parallel_device_kind(device: str, gpu_count: int, framework: str) -> str:
                                 f"of its own: pass --device gpu, cpu or auto")
     kind, _ = parse_device(name, gpu_count, framework)
     return kind
+
+
+# -- data parallel ---------------------------------------------------------------------
+
+
+def dist_timeout_s() -> float:
+    """RESNET_MULTI_DIST_TIMEOUT seconds (default 120): the bound on set-up and on every collective or
+    meeting of the workers, in every engine; anything but a number above 0 is a one-line UserError."""
+    text = os.environ.get("RESNET_MULTI_DIST_TIMEOUT", "")
+    try:
+        value = float(text) if text else 120.0
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UserError(f"RESNET_MULTI_DIST_TIMEOUT must be a number of seconds above 0, got {text!r}")
+    return value

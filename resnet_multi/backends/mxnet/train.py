@@ -35,7 +35,6 @@ update_on_kvstore=False) summing the gradients; --sync-bn swaps every BN for `Sy
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping
@@ -44,7 +43,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon, nd
 
-from resnet_multi.backends.common import MOMENTUM_PREFIX, check_momentum_state, check_precision
+from resnet_multi.backends.common import MOMENTUM_PREFIX, check_momentum_state, check_precision, dist_timeout_s
 from resnet_multi.errors import DeviceUnavailable, UserError, WorkerFailed
 
 from .model import BatchNorm, ResNet, context_of
@@ -146,17 +145,6 @@ def load_optimizer_state(step: TrainStep, state: Mapping[str, np.ndarray]) -> No
 
 # -- data parallel: gluon.Trainer over N contexts, the gradients reduced by a kvstore ---------------------------
 
-
-def dist_timeout_s() -> float:
-    """RESNET_MULTI_DIST_TIMEOUT seconds (default 120): the bound on every meeting of the contexts."""
-    text = os.environ.get("RESNET_MULTI_DIST_TIMEOUT", "")
-    try:
-        value = float(text) if text else 120.0
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise UserError(f"RESNET_MULTI_DIST_TIMEOUT must be a number of seconds above 0, got {text!r}")
-    return value
 
 
 class Lockstep:

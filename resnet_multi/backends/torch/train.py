@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from resnet_multi.backends.common import MOMENTUM_PREFIX, check_momentum_state, check_precision, momentum_shapes
+from resnet_multi.backends.common import (MOMENTUM_PREFIX, check_momentum_state, check_precision, dist_timeout_s,
+                                          momentum_shapes)
 from resnet_multi.errors import PrecisionUnavailable, UserError, WorkerFailed
 from resnet_multi.weights.canonical import WeightsError
 
@@ -379,15 +380,3 @@ def describe_failure(exc, processes, workers: int) -> str:
         how = f"exited with code {code}"
     return (f"worker {index} of {workers} {how}; the run stopped (the last checkpoint stays: continue with "
             f"--resume)")
-
-
-def dist_timeout_s() -> float:
-    """RESNET_MULTI_DIST_TIMEOUT seconds (default 120): the bound on set-up and on every collective."""
-    text = os.environ.get("RESNET_MULTI_DIST_TIMEOUT", "")
-    try:
-        value = float(text) if text else 120.0
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise UserError(f"RESNET_MULTI_DIST_TIMEOUT must be a number of seconds above 0, got {text!r}")
-    return value
