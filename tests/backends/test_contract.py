@@ -317,3 +317,10 @@ def test_bench_contract(backend, face, mode):
         assert BF16_PRACTICE[backend] in bf16["practice"]
     with pytest.raises(ValueError, match="mode"):
         face.benchmark(net, x, mode="eval")
+
+
+def test_conv_throughput(backend, face):
+    """One 3x3 conv's rate in the framework (benchmarks/vs_native.py's ceiling): a positive, finite GFLOP/s."""
+    result = face.conv_throughput(shape=(2, 16, 8, 8), repeats=2, device="cpu")
+    assert result["shape"] == [2, 16, 8, 8] and result["practice"]
+    assert 0 < result["gflops"] < 1e6

@@ -282,6 +282,5 @@ def conv_throughput(shape: tuple[int, int, int, int] = (8, 256, 28, 28), repeats
     conv = jax.jit(lambda a, k: jax.lax.conv_general_dilated(a, k, (1, 1), "SAME",
                                                              dimension_numbers=("NHWC", "HWIO", "NHWC")))
     result = time_callable(lambda: conv(x, kernel), jax.block_until_ready, n, repeats=repeats, warmup=2)
-    flops = 2 * n * h * w * c * c * 9
-    return {"shape": list(shape), "gflops": flops / result["min_s"] / 1e9,
+    return {"shape": list(shape), "gflops": common.conv_gflops(shape, result["min_s"]),
             "practice": "lax.conv_general_dilated, NHWC, jit"}

@@ -32,7 +32,7 @@ from mxnet import nd
 from mxnet.gluon.model_zoo import vision
 
 from resnet_multi.arch import presets
-from resnet_multi.backends.common import check_mode, check_precision
+from resnet_multi.backends.common import check_mode, check_precision, conv_gflops
 from resnet_multi.timing import time_callable
 
 from .model import context, context_of, device_of
@@ -113,5 +113,5 @@ def conv_throughput(shape: tuple[int, int, int, int] = (8, 256, 28, 28), repeats
     weight = nd.random.normal(shape=(c, c, 3, 3), ctx=ctx)
     run = lambda: nd.Convolution(x, weight, kernel=(3, 3), pad=(1, 1), num_filter=c, no_bias=True)  # noqa: E731
     result = time_callable(run, lambda _: mx.nd.waitall(), n, repeats=repeats, warmup=2)
-    flops = 2 * n * h * w * c * c * 9
-    return {"shape": list(shape), "gflops": flops / result["min_s"] / 1e9, "practice": "nd.Convolution, NCHW"}
+    return {"shape": list(shape), "gflops": conv_gflops(shape, result["min_s"]),
+            "practice": "nd.Convolution, NCHW"}

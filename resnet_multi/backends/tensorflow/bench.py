@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from resnet_multi.backends.common import check_mode
+from resnet_multi.backends.common import check_mode, conv_gflops
 from resnet_multi.timing import time_callable
 
 from .model import device_of, resolve_device
@@ -137,5 +137,5 @@ def conv_throughput(shape: tuple[int, int, int, int] = (8, 256, 28, 28), repeats
         kernel = tf.random.normal((3, 3, c, c))
         run = tf.function(lambda: tf.nn.conv2d(x, kernel, 1, "SAME"))
         result = time_callable(run, _sync(dev), n, repeats=repeats, warmup=2)
-    flops = 2 * n * h * w * c * c * 9
-    return {"shape": list(shape), "gflops": flops / result["min_s"] / 1e9, "practice": "tf.nn.conv2d, NHWC, tf.function"}
+    return {"shape": list(shape), "gflops": conv_gflops(shape, result["min_s"]),
+            "practice": "tf.nn.conv2d, NHWC, tf.function"}

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from resnet_multi.arch.presets import get
-from resnet_multi.backends.common import check_mode
+from resnet_multi.backends.common import check_mode, conv_gflops
 from resnet_multi.timing import time_callable
 
 from .infer import InferenceModel
@@ -142,5 +142,5 @@ def conv_throughput(shape: tuple[int, int, int, int] = (8, 256, 28, 28), repeats
     with torch.inference_mode():
         result = time_callable(lambda: torch.nn.functional.conv2d(x, weight, padding=1), _sync(dev), n,
                                repeats=repeats, warmup=2)
-    flops = 2 * n * h * w * c * c * 9
-    return {"shape": list(shape), "gflops": flops / result["min_s"] / 1e9, "practice": "F.conv2d, channels_last"}
+    return {"shape": list(shape), "gflops": conv_gflops(shape, result["min_s"]),
+            "practice": "F.conv2d, channels_last"}
